@@ -1,0 +1,547 @@
+//! A fake Besender platform for tests: a real HTTP server on `127.0.0.1`.
+//!
+//! [`FakeBesender`] implements the token endpoint as Besender's document shows it and a protected
+//! business endpoint, `POST /api/demo`. Put it in your own tests to exercise your client stack
+//! end to end without the real platform:
+//!
+//! ```
+//! use besender_auth::{BesenderTokenSource, TokenSource};
+//! use besender_auth::testing::{FakeBesender, TokenFailure};
+//! use http::StatusCode;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let fake = FakeBesender::start().await?;
+//! let source = BesenderTokenSource::builder(fake.base_url())
+//!     .client_id(fake.client_id())
+//!     .client_secret(fake.client_secret())
+//!     .build()?;
+//!
+//! // The next token call fails the way Besender reports a refusal: HTTP 200, code 500.
+//! fake.fail_next_token_calls(1, TokenFailure::code(500, "service busy"));
+//! let err = source.fetch().await.unwrap_err();
+//! assert!(err.to_string().contains("code 500"));
+//!
+//! let token = source.fetch().await?;
+//! assert_eq!(fake.token_calls(), 2);
+//! assert!(fake.accepts(&token));
+//! fake.revoke_all();
+//! assert!(!fake.accepts(&token));
+//! # Ok(()) }
+//! ```
+//!
+//! # What it serves
+//! - `POST /open/api/v1/access_token`: takes `{"client_id": .., "client_secret": ..}` (the ID as
+//!   a number or a string with the same text). Right credentials: HTTP 200 and the document's
+//!   envelope with a fresh, unique, JWT-shaped token, `expires_in` set to the configured
+//!   lifetime, and a `userInfo` object. Wrong credentials: HTTP 200 with `code` 401. Malformed
+//!   body: HTTP 400 with `code` 400.
+//! - `POST /api/demo`: with a valid `Authorization: Bearer` token, echoes the request body as
+//!   JSON; otherwise (missing, unknown, revoked or expired token) HTTP 401 with
+//!   `WWW-Authenticate: Bearer error="invalid_token"`, answered before the request body is read.
+//!
+//! Token expiry uses Tokio's clock, so tests with a paused clock see tokens expire on time.
+//! The server stops when the `FakeBesender` is dropped.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    convert::Infallible,
+    fmt,
+    hash::{BuildHasher, RandomState},
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, task::JoinSet, time::Instant};
+
+use crate::{ClientId, Token};
+
+const TOKEN_PATH: &str = "/open/api/v1/access_token";
+const DEMO_PATH: &str = "/api/demo";
+
+/// How [`FakeBesender`] fails a token call; see [`FakeBesender::fail_next_token_calls`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenFailure {
+    /// Answer with this HTTP status and an envelope whose `code` is the same number.
+    Status(StatusCode),
+    /// Answer HTTP 200 with this Besender `code` and `message` (a refusal under HTTP 200).
+    Code {
+        /// Besender's `code`.
+        code: i64,
+        /// Besender's `message`.
+        message: String,
+    },
+}
+
+impl TokenFailure {
+    /// A refusal under HTTP 200 with Besender `code` and `message`.
+    pub fn code(code: i64, message: impl Into<String>) -> Self {
+        TokenFailure::Code {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Configures a [`FakeBesender`]; made by [`FakeBesender::builder`].
+#[derive(Clone)]
+pub struct FakeBesenderBuilder {
+    client_id: ClientId,
+    client_secret: String,
+    token_lifetime: Duration,
+}
+
+impl fmt::Debug for FakeBesenderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeBesenderBuilder")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("token_lifetime", &self.token_lifetime)
+            .finish()
+    }
+}
+
+impl FakeBesenderBuilder {
+    /// The client ID the server accepts. Default `19`, as in the document.
+    pub fn client_id(mut self, client_id: impl Into<ClientId>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// The client secret the server accepts. Default: a fixed test secret.
+    pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
+        self.client_secret = client_secret.into();
+        self
+    }
+
+    /// The lifetime of issued tokens (`expires_in`). Default 24 h, as on the real platform.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// Binds `127.0.0.1:0` and starts serving HTTP/1.1 and HTTP/2 (h2c) on a Tokio task.
+    ///
+    /// # Errors
+    /// If the listener cannot be bound.
+    pub async fn start(self) -> io::Result<FakeBesender> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(FakeState {
+            client_id: self.client_id,
+            client_secret: self.client_secret,
+            control: Mutex::new(FakeControl {
+                token_lifetime: self.token_lifetime,
+                delay: Duration::ZERO,
+                failures: VecDeque::new(),
+                tokens: HashMap::new(),
+            }),
+            token_calls: AtomicU64::new(0),
+            tokens_issued: AtomicU64::new(0),
+            demo_calls: AtomicU64::new(0),
+            rejected_demo_calls: AtomicU64::new(0),
+            seed: RandomState::new(),
+        });
+        let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+        Ok(FakeBesender {
+            addr,
+            state,
+            server,
+        })
+    }
+}
+
+/// A fake Besender platform on `127.0.0.1`; see the [module documentation](self).
+pub struct FakeBesender {
+    addr: SocketAddr,
+    state: Arc<FakeState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+struct FakeState {
+    client_id: ClientId,
+    client_secret: String,
+    control: Mutex<FakeControl>,
+    token_calls: AtomicU64,
+    tokens_issued: AtomicU64,
+    demo_calls: AtomicU64,
+    rejected_demo_calls: AtomicU64,
+    seed: RandomState,
+}
+
+struct FakeControl {
+    token_lifetime: Duration,
+    delay: Duration,
+    failures: VecDeque<TokenFailure>,
+    /// Every valid token issued, with its expiry.
+    tokens: HashMap<String, Instant>,
+}
+
+impl FakeBesender {
+    /// Starts a server with the defaults: client ID `19`, a fixed secret, 24 h tokens.
+    ///
+    /// # Errors
+    /// If the listener cannot be bound.
+    pub async fn start() -> io::Result<Self> {
+        Self::builder().start().await
+    }
+
+    /// Starts configuring a server.
+    pub fn builder() -> FakeBesenderBuilder {
+        FakeBesenderBuilder {
+            client_id: ClientId::Number(19),
+            client_secret: "fake-besender-secret".to_owned(),
+            token_lifetime: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`: the base URL for
+    /// [`BesenderTokenSource::builder`](crate::BesenderTokenSource::builder).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The URL of the protected business endpoint, `POST /api/demo`.
+    pub fn demo_url(&self) -> String {
+        format!("http://{}{DEMO_PATH}", self.addr)
+    }
+
+    /// The client ID the server accepts.
+    pub fn client_id(&self) -> ClientId {
+        self.state.client_id.clone()
+    }
+
+    /// The client secret the server accepts.
+    pub fn client_secret(&self) -> String {
+        self.state.client_secret.clone()
+    }
+
+    /// Requests to the token endpoint so far, failed ones included.
+    pub fn token_calls(&self) -> u64 {
+        self.state.token_calls.load(Ordering::SeqCst)
+    }
+
+    /// Tokens issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.state.tokens_issued.load(Ordering::SeqCst)
+    }
+
+    /// Requests to `/api/demo` so far, refused ones included.
+    pub fn demo_calls(&self) -> u64 {
+        self.state.demo_calls.load(Ordering::SeqCst)
+    }
+
+    /// Requests to `/api/demo` refused with HTTP 401 so far.
+    pub fn rejected_demo_calls(&self) -> u64 {
+        self.state.rejected_demo_calls.load(Ordering::SeqCst)
+    }
+
+    /// Fails the next `n` token calls with `failure` (added after any failures still queued).
+    pub fn fail_next_token_calls(&self, n: usize, failure: TokenFailure) {
+        let mut control = self.state.lock();
+        control.failures.extend(std::iter::repeat_n(failure, n));
+    }
+
+    /// Delays every token answer by `delay` (on Tokio's clock). Zero, the default, answers at once.
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.state.lock().delay = delay;
+    }
+
+    /// The lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state.lock().token_lifetime = lifetime;
+    }
+
+    /// Revokes every token issued so far: `/api/demo` refuses them from now on.
+    pub fn revoke_all(&self) {
+        self.state.lock().tokens.clear();
+    }
+
+    /// Whether `/api/demo` would accept `token` now.
+    pub fn accepts(&self, token: &Token) -> bool {
+        token
+            .expose_access_token()
+            .is_some_and(|t| self.state.is_valid(t))
+    }
+}
+
+impl fmt::Debug for FakeBesender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeBesender")
+            .field("addr", &self.addr)
+            .field("client_id", &self.state.client_id)
+            .field("token_calls", &self.token_calls())
+            .field("demo_calls", &self.demo_calls())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FakeBesender {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every connection.
+        self.server.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<FakeState>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: do not spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let state = Arc::clone(&state);
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(state.handle(request).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+impl FakeState {
+    fn lock(&self) -> MutexGuard<'_, FakeControl> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_valid(&self, token: &str) -> bool {
+        self.lock()
+            .tokens
+            .get(token)
+            .is_some_and(|expires_at| Instant::now() < *expires_at)
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (request.method(), request.uri().path()) {
+            (&Method::POST, TOKEN_PATH) => self.token(request).await,
+            (&Method::POST, DEMO_PATH) => self.demo(request).await,
+            (_, TOKEN_PATH | DEMO_PATH) => envelope(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"code": 405, "message": "method not allowed"}),
+            ),
+            _ => envelope(
+                StatusCode::NOT_FOUND,
+                json!({"code": 404, "message": "not found"}),
+            ),
+        }
+    }
+
+    async fn token(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.token_calls.fetch_add(1, Ordering::SeqCst);
+        let (delay, failure) = {
+            let mut control = self.lock();
+            (control.delay, control.failures.pop_front())
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match failure {
+            Some(TokenFailure::Status(status)) => {
+                let message = status.canonical_reason().unwrap_or("error");
+                return envelope(status, json!({"code": status.as_u16(), "message": message}));
+            }
+            Some(TokenFailure::Code { code, message }) => {
+                return envelope(
+                    StatusCode::OK,
+                    json!({"code": code, "message": message, "data": null}),
+                );
+            }
+            None => {}
+        }
+        let Ok(body) = request.into_body().collect().await else {
+            return bad_request("the request body could not be read");
+        };
+        let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+            return bad_request("the request body must be a JSON object");
+        };
+        let (Some(client_id), Some(Value::String(secret))) =
+            (body.get("client_id"), body.get("client_secret"))
+        else {
+            return bad_request("client_id and client_secret are required");
+        };
+        if !self.client_id_matches(client_id) || *secret != self.client_secret {
+            return envelope(
+                StatusCode::OK,
+                json!({"code": 401, "message": "invalid client_id or client_secret", "data": null}),
+            );
+        }
+        let (access_token, lifetime) = self.issue();
+        envelope(
+            StatusCode::OK,
+            json!({
+                "code": 200,
+                "message": "success",
+                "data": {
+                    "token": {
+                        "token_type": "Bearer",
+                        "expires_in": lifetime.as_secs(),
+                        "access_token": access_token,
+                    },
+                    "userInfo": {"id": 2, "account": "test007", "score": "461.74970"},
+                },
+            }),
+        )
+    }
+
+    fn client_id_matches(&self, sent: &Value) -> bool {
+        let sent = match sent {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            _ => return false,
+        };
+        match &self.client_id {
+            ClientId::Number(n) => sent == n.to_string(),
+            ClientId::Text(s) => sent == *s,
+        }
+    }
+
+    /// A fresh, unique, JWT-shaped token, recorded as valid for the configured lifetime.
+    fn issue(&self) -> (String, Duration) {
+        let serial = self.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut control = self.lock();
+        let lifetime = control.token_lifetime;
+        let header = base64url(br#"{"typ":"JWT","alg":"RS256"}"#);
+        let claims = json!({
+            "aud": self.client_id_text(),
+            "jti": format!("{serial}-{:016x}", self.seed.hash_one(serial)),
+            "iat": now_unix,
+            "exp": now_unix + lifetime.as_secs(),
+            "sub": "2",
+            "scopes": [],
+        });
+        let payload = base64url(claims.to_string().as_bytes());
+        let signature: Vec<u8> = (0..4u64)
+            .flat_map(|i| self.seed.hash_one((serial, i)).to_le_bytes())
+            .collect();
+        let token = format!("{header}.{payload}.{}", base64url(&signature));
+        control
+            .tokens
+            .insert(token.clone(), Instant::now() + lifetime);
+        (token, lifetime)
+    }
+
+    fn client_id_text(&self) -> String {
+        match &self.client_id {
+            ClientId::Number(n) => n.to_string(),
+            ClientId::Text(s) => s.clone(),
+        }
+    }
+
+    async fn demo(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.demo_calls.fetch_add(1, Ordering::SeqCst);
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        // Refuse before reading the body, as real servers may.
+        if !token.is_some_and(|t| self.is_valid(t)) {
+            self.rejected_demo_calls.fetch_add(1, Ordering::SeqCst);
+            let mut response = envelope(
+                StatusCode::UNAUTHORIZED,
+                json!({"code": 401, "message": "invalid or expired access token"}),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+            );
+            return response;
+        }
+        match request.into_body().collect().await {
+            Ok(body) => {
+                let mut response = Response::new(Full::new(body.to_bytes()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Err(_) => bad_request("the request body could not be read"),
+        }
+    }
+}
+
+fn envelope(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn bad_request(message: &str) -> Response<Full<Bytes>> {
+    envelope(
+        StatusCode::BAD_REQUEST,
+        json!({"code": 400, "message": message}),
+    )
+}
+
+/// Unpadded base64url, as in JWTs.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64url;
+
+    #[test]
+    fn base64url_matches_the_rfc_4648_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64url(input.as_bytes()), expected);
+        }
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+    }
+}

@@ -1,0 +1,212 @@
+//! Reading Besender's token response.
+//!
+//! The document's envelope is `{code, message, data: {token: {token_type, expires_in,
+//! access_token}, userInfo}}`. Everything here is defensive: the body may be anything a proxy or a
+//! broken server can send, and the result is either a usable [`Token`] or an error kind that says
+//! which field is wrong, without ever quoting the access token.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::{
+    error::{BesenderErrorKind, BoxError},
+    token::{MAX_TOKEN_LIFETIME, Token},
+};
+
+/// `expires_in` when the response does not say: the document's 24 hours.
+pub(crate) const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Besender's `code` for success.
+const CODE_OK: i64 = 200;
+
+/// Server-provided text kept in errors is cut to this many characters.
+const MAX_ECHOED_CHARS: usize = 200;
+
+pub(crate) type ParseError = (BesenderErrorKind, Option<BoxError>);
+
+/// Turns a complete token response into a token that expires `expires_in` after `sent_at`.
+///
+/// `secret` is scrubbed from any text the server sent back (a server that echoes the request
+/// must not leak it into our error messages).
+pub(crate) fn parse(
+    status: StatusCode,
+    content_type: Option<&str>,
+    body: &[u8],
+    sent_at: Instant,
+    secret: &str,
+) -> Result<Token, ParseError> {
+    let envelope: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(_) if !status.is_success() => return Err((rejected(status, None, None), None)),
+        Err(err) => {
+            let kind = BesenderErrorKind::NotJson {
+                status,
+                content_type: content_type.map(|ct| echo(ct, secret)),
+            };
+            return Err((kind, Some(err.into())));
+        }
+    };
+    let Value::Object(envelope) = envelope else {
+        if !status.is_success() {
+            return Err((rejected(status, None, None), None));
+        }
+        return Err(invalid("(response)", "expected a JSON object"));
+    };
+
+    let code = envelope.get("code").and_then(code_of);
+    let message = envelope
+        .get("message")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map(|m| echo(m, secret));
+    if !status.is_success() {
+        return Err((rejected(status, code, message), None));
+    }
+    match (envelope.get("code"), code) {
+        (None | Some(Value::Null), _) => return Err(missing("code")),
+        (Some(_), None) => return Err(invalid("code", "expected an integer")),
+        (Some(_), Some(CODE_OK)) => {}
+        (Some(_), Some(other)) => return Err((rejected(status, Some(other), message), None)),
+    }
+
+    let data = object_field(&envelope, "data", "data")?;
+    let token = object_field(&data, "token", "data.token")?;
+
+    let access_token = match token.get("access_token") {
+        None | Some(Value::Null) => return Err(missing("data.token.access_token")),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(invalid("data.token.access_token", "expected a string")),
+    };
+    let header = Token::check_access_token(access_token)
+        .map_err(|why| invalid("data.token.access_token", why.reason()))?;
+
+    match token.get("token_type") {
+        // Besender only issues bearer tokens; an absent type means Bearer.
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(t)) => {
+            return Err((
+                BesenderErrorKind::UnsupportedTokenType {
+                    token_type: echo(t, secret),
+                },
+                None,
+            ));
+        }
+        Some(_) => return Err(invalid("data.token.token_type", "expected a string")),
+    }
+
+    let lifetime = expires_in(token.get("expires_in"))?;
+    let user_info = data.get("userInfo").filter(|v| !v.is_null()).cloned();
+    Ok(Token::from_parts(Ok(header), sent_at + lifetime, user_info))
+}
+
+fn expires_in(value: Option<&Value>) -> Result<Duration, ParseError> {
+    const FIELD: &str = "data.token.expires_in";
+    let seconds = match value {
+        None | Some(Value::Null) => return Ok(DEFAULT_EXPIRES_IN),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(s), _) => s,
+            (None, Some(negative)) => {
+                return Err(invalid_owned(
+                    FIELD,
+                    format!("must be a positive number of seconds, got {negative}"),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid_owned(
+                    FIELD,
+                    format!("must be a whole number of seconds, got {n}"),
+                ));
+            }
+        },
+        Some(_) => return Err(invalid(FIELD, "expected an integer number of seconds")),
+    };
+    if seconds == 0 {
+        return Err(invalid(
+            FIELD,
+            "must be a positive number of seconds, got 0",
+        ));
+    }
+    if seconds > MAX_TOKEN_LIFETIME.as_secs() {
+        return Err(invalid_owned(
+            FIELD,
+            format!(
+                "{seconds} seconds is implausibly long (the limit is {} seconds, one year)",
+                MAX_TOKEN_LIFETIME.as_secs()
+            ),
+        ));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Besender's `code` as an integer; tolerates a numeric string.
+fn code_of(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// An object-valued field. The document types `data` as a string holding the details, and its
+/// example sends an object: both are accepted.
+fn object_field(
+    parent: &Map<String, Value>,
+    key: &str,
+    path: &'static str,
+) -> Result<Map<String, Value>, ParseError> {
+    match parent.get(key) {
+        None | Some(Value::Null) => Err(missing(path)),
+        Some(Value::Object(map)) => Ok(map.clone()),
+        Some(Value::String(s)) => match serde_json::from_str(s) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(invalid(path, "expected a JSON object")),
+        },
+        Some(_) => Err(invalid(path, "expected a JSON object")),
+    }
+}
+
+fn rejected(status: StatusCode, code: Option<i64>, message: Option<String>) -> BesenderErrorKind {
+    BesenderErrorKind::Rejected {
+        status,
+        code,
+        message,
+    }
+}
+
+fn missing(field: &'static str) -> ParseError {
+    (BesenderErrorKind::MissingField { field }, None)
+}
+
+fn invalid(field: &'static str, reason: &str) -> ParseError {
+    invalid_owned(field, reason.to_owned())
+}
+
+fn invalid_owned(field: &'static str, reason: String) -> ParseError {
+    (BesenderErrorKind::InvalidField { field, reason }, None)
+}
+
+/// Server text made safe to put in an error: the secret removed, control characters replaced,
+/// and the length capped.
+pub(crate) fn echo(text: &str, secret: &str) -> String {
+    let scrubbed = if secret.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(secret, "[redacted]")
+    };
+    let mut out: String = scrubbed
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_ECHOED_CHARS)
+        .collect();
+    if scrubbed.chars().count() > MAX_ECHOED_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,325 @@
+//! `TokenCache`: one token shared by every caller, fetched once, refreshed ahead of expiry.
+//!
+//! ```
+//! use std::time::Duration;
+//! use besender_auth::{Token, TokenCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let cache = TokenCache::new(|| async {
+//!     Ok::<_, std::io::Error>(Token::bearer("t0k3n", Duration::from_secs(3600)))
+//! });
+//! let first = cache.get().await.unwrap();
+//! let again = cache.get().await.unwrap();
+//! assert!(first.same_token(&again)); // one fetch, shared
+//! assert_eq!(cache.stats().fetches, 1);
+//! # }
+//! ```
+//!
+//! # How it behaves
+//! - **Hot path.** While a valid token is cached, [`get`](TokenCache::get) and the layer's read
+//!   take no lock, allocate nothing and await nothing: one atomic load and a per-thread copy of
+//!   the header value (so threads do not contend on one reference count).
+//! - **Single flight.** When no valid token is cached, exactly one fetch runs, on a task of its
+//!   own; every caller awaits that fetch. Dropping a caller, the one that started the fetch
+//!   included, neither cancels it nor starts another.
+//! - **Refresh ahead.** Inside a window before expiry (by default the last 10% of the lifetime,
+//!   at least 60 s, at most half the lifetime, moved earlier by up to half the window of random
+//!   jitter) the first caller starts one background refresh; every caller keeps the current
+//!   token and nobody waits.
+//! - **Outages.** A failed refresh never evicts a valid token. Consecutive failures back off
+//!   exponentially with jitter (1 s doubling to 30 s). With no valid token at all, callers get the
+//!   last error at once until the next attempt is due, instead of one fetch each.
+//! - **Invalidation by identity.** [`invalidate`](TokenCache::invalidate) evicts a token only if
+//!   it is the one cached now, and forces a refresh. Forced refreshes are limited to one per
+//!   minimum interval (5 s), so a refusal no new token can fix cannot loop; the first refusal of
+//!   a token from a normal fetch always gets its refresh.
+//!
+//! All timing uses Tokio's clock, so tests can use `#[tokio::test(start_paused = true)]`.
+
+mod local;
+mod state;
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use http::HeaderValue;
+
+use self::state::{Lookup, Shared};
+use super::{Token, TokenSource};
+use crate::error::TokenError;
+
+/// A cheap handle to a shared token cache; clones share one cache.
+///
+/// See the [module documentation](self) for its behaviour.
+#[derive(Clone)]
+pub struct TokenCache {
+    shared: Arc<Shared>,
+}
+
+/// A token as the layer stamps it: this thread's copy of the header value and the identity of
+/// the cached token it came from.
+#[derive(Clone)]
+pub(crate) struct Lease {
+    pub(crate) header: HeaderValue,
+    pub(crate) generation: u64,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A future that resolves when the running fetch finishes.
+pub(crate) type LeaseFuture = Pin<Box<dyn Future<Output = Result<Lease, TokenError>> + Send>>;
+
+/// What [`TokenCache::acquire`] found.
+pub(crate) enum Acquire {
+    Ready(Lease),
+    Failed(TokenError),
+    Pending(LeaseFuture),
+}
+
+impl TokenCache {
+    /// A cache over `source` with the default settings.
+    pub fn new(source: impl TokenSource) -> Self {
+        Self::builder(source).build()
+    }
+
+    /// Starts configuring a cache over `source`.
+    pub fn builder(source: impl TokenSource) -> TokenCacheBuilder {
+        TokenCacheBuilder {
+            source: Box::new(source),
+            config: Config::default(),
+        }
+    }
+
+    /// A valid token: the cached one, or the result of the fetch that is running or that this
+    /// call starts.
+    ///
+    /// # Errors
+    /// The [`TokenError`] of the last fetch while no valid token is cached and the next attempt
+    /// is not yet due, or of the fetch this call waited for.
+    pub async fn get(&self) -> Result<Token, TokenError> {
+        if let Some(token) = local::cached_token(&self.shared) {
+            return Ok(token);
+        }
+        match self.shared.lookup() {
+            Lookup::Ready(entry) => Ok(entry.token.clone()),
+            Lookup::Failed(err) => Err(err),
+            Lookup::Wait(flight) => flight.wait().await.map(|entry| entry.token.clone()),
+        }
+    }
+
+    /// Evicts `token` if it is the token cached now, and starts a refresh.
+    ///
+    /// Call it when a server refused `token`. Returns whether it was evicted: `false` if another
+    /// token is cached by now (a late refusal of an old token never evicts a new one), or if a
+    /// forced refresh already ran within the minimum interval and `token` came from one (a
+    /// refusal that no new token can fix must not loop).
+    pub fn invalidate(&self, token: &Token) -> bool {
+        self.shared
+            .invalidate(|entry| entry.token.same_token(token))
+    }
+
+    /// Counters of what the cache has done so far.
+    pub fn stats(&self) -> CacheStats {
+        self.shared.stats()
+    }
+
+    /// The layer's hot path: this thread's copy of the cached header value, if a valid token is
+    /// cached.
+    pub(crate) fn try_lease(&self) -> Option<Lease> {
+        local::lease(&self.shared)
+    }
+
+    /// The layer's slow path: like [`get`](Self::get), without awaiting unless a fetch runs.
+    pub(crate) fn acquire(&self) -> Acquire {
+        if let Some(lease) = self.try_lease() {
+            return Acquire::Ready(lease);
+        }
+        match self.shared.lookup() {
+            Lookup::Ready(entry) => Acquire::Ready(local::lease_entry(&self.shared, &entry)),
+            Lookup::Failed(err) => Acquire::Failed(err),
+            Lookup::Wait(flight) => {
+                let shared = Arc::clone(&self.shared);
+                Acquire::Pending(Box::pin(async move {
+                    let entry = flight.wait().await?;
+                    Ok(local::lease_entry(&shared, &entry))
+                }))
+            }
+        }
+    }
+
+    /// Like [`invalidate`](Self::invalidate), for the token a [`Lease`] came from.
+    pub(crate) fn invalidate_lease(&self, lease: &Lease) -> bool {
+        self.shared
+            .invalidate(|entry| entry.generation == lease.generation)
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of what a [`TokenCache`] has done, from [`TokenCache::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Fetches started, of every kind.
+    pub fetches: u64,
+    /// Fetches that failed.
+    pub failed_fetches: u64,
+    /// Fetches started by a refusal ([`TokenCache::invalidate`]).
+    pub forced_refreshes: u64,
+    /// Refusals that did not force a refresh because one ran within the minimum interval.
+    pub rate_limited_refreshes: u64,
+    /// Callers that waited for a fetch another caller started.
+    pub coalesced_waits: u64,
+    /// Callers answered with the error of an earlier fetch instead of starting a new one.
+    pub held_errors: u64,
+}
+
+/// Settings of a [`TokenCache`]; see [`TokenCacheBuilder`] for each default and its reason.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) refresh_fraction: f64,
+    pub(crate) min_refresh_window: Duration,
+    pub(crate) refresh_jitter: f64,
+    pub(crate) expiry_margin: Duration,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) error_hold: Duration,
+    pub(crate) min_forced_interval: Duration,
+    pub(crate) fetch_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            refresh_fraction: 0.10,
+            min_refresh_window: Duration::from_secs(60),
+            refresh_jitter: 0.5,
+            expiry_margin: Duration::from_secs(10),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            error_hold: Duration::from_secs(1),
+            min_forced_interval: Duration::from_secs(5),
+            fetch_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Configures a [`TokenCache`]; made by [`TokenCache::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use besender_auth::{Token, TokenCache};
+///
+/// let cache = TokenCache::builder(Token::bearer_static("abc"))
+///     .refresh_window(0.2, Duration::from_secs(300))
+///     .backoff(Duration::from_millis(500), Duration::from_secs(60))
+///     .build();
+/// ```
+pub struct TokenCacheBuilder {
+    source: Box<dyn state::DynSource>,
+    config: Config,
+}
+
+impl fmt::Debug for TokenCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCacheBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCacheBuilder {
+    /// When to refresh ahead: in the last `fraction` of a token's lifetime, but at least
+    /// `min_window` before expiry (and never earlier than half-way through the lifetime).
+    ///
+    /// Default: 10% and 60 s, so a 24 h Besender token is refreshed about 2.4 h before it
+    /// expires. The anchors range from 10 s (Go x/oauth2, AWS's lazy cache) to half the lifetime
+    /// (MSAL); a long window leaves hours to ride out an outage of the token endpoint, and the
+    /// 60 s floor keeps short-lived tokens from being refreshed at the last second.
+    /// `fraction` is clamped to 0..=0.5.
+    pub fn refresh_window(mut self, fraction: f64, min_window: Duration) -> Self {
+        self.config.refresh_fraction = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 0.5)
+        };
+        self.config.min_refresh_window = min_window;
+        self
+    }
+
+    /// Random jitter: the refresh starts earlier by up to `fraction` of the window, so a fleet
+    /// that fetched at the same moment does not refresh in the same second. Default 0.5;
+    /// clamped to 0..=1.
+    pub fn refresh_jitter(mut self, fraction: f64) -> Self {
+        self.config.refresh_jitter = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        self
+    }
+
+    /// A token counts as expired this long before its stated expiry (at most a quarter of its
+    /// lifetime), for clock skew and requests in flight. Default 10 s, as Go's x/oauth2.
+    pub fn expiry_margin(mut self, margin: Duration) -> Self {
+        self.config.expiry_margin = margin;
+        self
+    }
+
+    /// Delay before the next fetch after consecutive failures: `initial`, doubling up to `max`,
+    /// each with 50% random jitter. Default 1 s to 30 s: fast enough to notice recovery within
+    /// half a minute, slow enough that a down endpoint sees a few requests per minute from each
+    /// process, however busy.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.config.backoff_initial = initial;
+        self.config.backoff_max = max.max(initial);
+        self
+    }
+
+    /// With no valid token, the last error is returned to callers for at least this long before
+    /// a new fetch is tried (longer once the backoff has grown). Default 1 s, within the 1-5 s
+    /// that AWS's cache holds unrecoverable errors.
+    pub fn error_hold(mut self, hold: Duration) -> Self {
+        self.config.error_hold = hold;
+        self
+    }
+
+    /// At most one forced refresh ([`TokenCache::invalidate`]) per this interval, except that
+    /// the first refusal of a normally fetched token always refreshes. Default 5 s: a token
+    /// revoked by the server is replaced at once, while a refusal no token can fix costs at most
+    /// one token call per 5 s.
+    pub fn min_forced_refresh_interval(mut self, interval: Duration) -> Self {
+        self.config.min_forced_interval = interval;
+        self
+    }
+
+    /// Gives up on a fetch after this long, so a hanging source fails callers instead of hanging
+    /// them. Default 30 s, above [`BesenderTokenSource`](crate::BesenderTokenSource)'s own 10 s
+    /// timeout so that its more precise error wins.
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.config.fetch_timeout = timeout;
+        self
+    }
+
+    /// Builds the cache. Nothing is fetched until the first caller asks.
+    pub fn build(self) -> TokenCache {
+        TokenCache {
+            shared: Shared::new(self.source, self.config),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

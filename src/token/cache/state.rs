@@ -1,0 +1,524 @@
+//! The cache's shared state and its transitions.
+//!
+//! # Invariants
+//! - `Control` (behind a `std::sync::Mutex`, never held across an `.await`) is the truth: the
+//!   token served (`entry`), the running fetch (`flight`, at most one), the failure streak and
+//!   the alarm. Every transition happens under the lock.
+//! - `state` is the hot path's view of `Control`: `generation << 1`, plus the `CHECK` bit.
+//!   Without `CHECK`, the entry with that generation is valid and needs nothing, and any caller
+//!   may use it without the lock. `CHECK` means "take the lock and look at the clock".
+//! - `state` is cleared of `CHECK` only under the lock, and only when an alarm is armed for the
+//!   next instant at which the answer may change (refresh due, retry due, expiry). The alarm
+//!   sets `CHECK` under the lock when it fires, or when its task is dropped without firing (its
+//!   runtime shut down), so a stale "valid" can never outlive the instant it stopped being true.
+//! - A fetch runs on a task of its own and owns its `watch` sender. Once running, it always ends
+//!   in `finish`, even if it is cancelled or the source panics (a drop guard); a task dropped
+//!   before it first ran drops its sender, which `reap_dead_flight` notices. Waiters never hang.
+//! - The drop guards of tasks take the lock, so they are created inside the task, on its first
+//!   poll: a runtime that is shutting down may drop a new task synchronously inside `spawn`,
+//!   while we hold the lock.
+
+use std::{
+    future::Future,
+    hash::{BuildHasher, RandomState},
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use http::HeaderValue;
+use tokio::{runtime::Handle, sync::watch, task::AbortHandle, time::Instant};
+
+use super::{CacheStats, Config};
+use crate::{
+    error::{BoxError, TokenError, TokenErrorKind},
+    token::{Token, TokenSource},
+};
+
+pub(super) const CHECK: u64 = 1;
+
+type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send>>;
+
+/// A [`TokenSource`] with its types erased, so the cache (and the layer) need no type parameter.
+pub(super) trait DynSource: Send + Sync {
+    fn fetch(&self) -> FetchFuture;
+}
+
+impl<T: TokenSource> DynSource for T {
+    fn fetch(&self) -> FetchFuture {
+        let fetch = TokenSource::fetch(self);
+        Box::pin(async move { fetch.await.map_err(Into::into) })
+    }
+}
+
+/// How a token was obtained: forced refreshes are rate-limited, normal fetches are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    Normal,
+    Forced,
+}
+
+/// One fetched token and its schedule.
+pub(crate) struct Entry {
+    /// Identity of this fetch; never reused within a cache.
+    pub(crate) generation: u64,
+    pub(crate) token: Token,
+    /// The token's header value (checked valid when the entry was made).
+    pub(super) header: HeaderValue,
+    origin: Origin,
+    refresh_at: Instant,
+    usable_until: Instant,
+}
+
+type FlightResult = Option<Result<Arc<Entry>, TokenError>>;
+
+/// A running fetch, as seen by a waiter.
+pub(crate) struct Flight {
+    rx: watch::Receiver<FlightResult>,
+}
+
+impl Flight {
+    /// Waits for the fetch to finish.
+    pub(crate) async fn wait(mut self) -> Result<Arc<Entry>, TokenError> {
+        match self.rx.wait_for(Option::is_some).await {
+            Ok(result) => result
+                .clone()
+                .expect("wait_for returns only a finished result"),
+            // The task was dropped before it first ran (its runtime shut down).
+            Err(_closed) => Err(TokenError::new(TokenErrorKind::Cancelled)),
+        }
+    }
+}
+
+/// What a caller gets from the slow path.
+pub(crate) enum Lookup {
+    Ready(Arc<Entry>),
+    Failed(TokenError),
+    Wait(Flight),
+}
+
+struct Alarm {
+    at: Instant,
+    seq: u64,
+    handle: AbortHandle,
+}
+
+struct Control {
+    /// The token served; `None` once it expired or was invalidated.
+    entry: Option<Arc<Entry>>,
+    /// The generation of the newest entry ever made.
+    generation: u64,
+    flight: Option<watch::Receiver<FlightResult>>,
+    /// Consecutive failed fetches.
+    failures: u32,
+    last_error: Option<TokenError>,
+    /// No fetch starts before this instant (except a forced one), after a failure.
+    retry_at: Option<Instant>,
+    /// When the last forced refresh started.
+    last_forced: Option<Instant>,
+    alarm: Option<Alarm>,
+    alarm_seq: u64,
+    rng: u64,
+    stats: CacheStats,
+}
+
+pub(crate) struct Shared {
+    /// Distinguishes caches in the per-thread copies.
+    pub(super) id: u64,
+    /// `generation << 1 | CHECK`; see the module invariants.
+    pub(super) state: AtomicU64,
+    control: Mutex<Control>,
+    source: Box<dyn DynSource>,
+    pub(super) config: Config,
+}
+
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Shared {
+    pub(super) fn new(source: Box<dyn DynSource>, config: Config) -> Arc<Self> {
+        let id = NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed);
+        // Seed per cache, so processes (and caches) started together jitter differently.
+        let seed = RandomState::new().hash_one(id) | 1;
+        Arc::new(Self {
+            id,
+            state: AtomicU64::new(CHECK),
+            control: Mutex::new(Control {
+                entry: None,
+                generation: 0,
+                flight: None,
+                failures: 0,
+                last_error: None,
+                retry_at: None,
+                last_forced: None,
+                alarm: None,
+                alarm_seq: 0,
+                rng: seed,
+                stats: CacheStats::default(),
+            }),
+            source,
+            config,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Control> {
+        // Every critical section leaves `Control` consistent before anything that can panic,
+        // so a poisoned lock still guards valid state.
+        self.control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn stats(&self) -> CacheStats {
+        self.lock().stats
+    }
+
+    /// The entry with `generation`, if it is still the one served (for a per-thread copy).
+    pub(super) fn current_entry(&self, generation: u64) -> Option<Arc<Entry>> {
+        self.lock()
+            .entry
+            .as_ref()
+            .filter(|entry| entry.generation == generation)
+            .cloned()
+    }
+
+    /// The slow path: decide, by the clock, what a caller gets.
+    pub(crate) fn lookup(self: &Arc<Self>) -> Lookup {
+        let mut control = self.lock();
+        control.reap_dead_flight();
+        let now = Instant::now();
+        if let Some(entry) = control.entry.clone() {
+            if now < entry.usable_until {
+                let due = control.retry_at.is_none_or(|at| now >= at);
+                if now >= entry.refresh_at && control.flight.is_none() && due {
+                    tracing::debug!(
+                        remaining = ?entry.usable_until - now,
+                        "refreshing the access token ahead of expiry"
+                    );
+                    // Without a runtime the fetch cannot start; the token is still good.
+                    let _ = self.spawn_fetch(&mut control, Origin::Normal);
+                }
+                self.publish_valid(&mut control, &entry, now);
+                return Lookup::Ready(entry);
+            }
+            tracing::debug!("the cached access token expired");
+            control.entry = None;
+        }
+        self.publish_check(&control);
+        if let Some(rx) = control.flight.clone() {
+            control.stats.coalesced_waits += 1;
+            return Lookup::Wait(Flight { rx });
+        }
+        if let (Some(err), Some(at)) = (&control.last_error, control.retry_at) {
+            if now < at {
+                let err = err.clone();
+                control.stats.held_errors += 1;
+                return Lookup::Failed(err);
+            }
+        }
+        match self.spawn_fetch(&mut control, Origin::Normal) {
+            Ok(rx) => Lookup::Wait(Flight { rx }),
+            Err(err) => Lookup::Failed(err),
+        }
+    }
+
+    /// Evicts the served entry if `is_refused` says it is the refused one, and forces a refresh,
+    /// subject to the rate limit. Returns whether it evicted.
+    pub(super) fn invalidate(self: &Arc<Self>, is_refused: impl Fn(&Entry) -> bool) -> bool {
+        let mut control = self.lock();
+        control.reap_dead_flight();
+        let Some(entry) = control.entry.clone() else {
+            return false;
+        };
+        if !is_refused(&entry) {
+            return false;
+        }
+        let now = Instant::now();
+        let recent = control
+            .last_forced
+            .is_some_and(|at| now < at + self.config.min_forced_interval);
+        if entry.origin == Origin::Forced && recent {
+            control.stats.rate_limited_refreshes += 1;
+            tracing::debug!(
+                "refused token came from a forced refresh moments ago; not refreshing again"
+            );
+            return false;
+        }
+        tracing::debug!(
+            generation = entry.generation,
+            "access token refused; refreshing"
+        );
+        control.entry = None;
+        control.last_forced = Some(now);
+        control.stats.forced_refreshes += 1;
+        self.publish_check(&control);
+        if control.flight.is_none() {
+            // Without a runtime the next caller reports it.
+            let _ = self.spawn_fetch(&mut control, Origin::Forced);
+        }
+        true
+    }
+
+    fn spawn_fetch(
+        self: &Arc<Self>,
+        control: &mut Control,
+        origin: Origin,
+    ) -> Result<watch::Receiver<FlightResult>, TokenError> {
+        let runtime =
+            Handle::try_current().map_err(|_| TokenError::new(TokenErrorKind::NoRuntime))?;
+        let (tx, rx) = watch::channel(None);
+        control.flight = Some(rx.clone());
+        control.stats.fetches += 1;
+        let shared = Arc::clone(self);
+        runtime.spawn(async move {
+            let mut guard = FlightGuard {
+                shared,
+                tx: Some(tx),
+                origin,
+            };
+            let result = guard.shared.fetch().await;
+            guard.finish(result);
+        });
+        Ok(rx)
+    }
+
+    /// One call to the source, bounded by the fetch timeout, checked for usability.
+    async fn fetch(&self) -> Result<Token, TokenError> {
+        let timeout = self.config.fetch_timeout;
+        let token = match tokio::time::timeout(timeout, self.source.fetch()).await {
+            Ok(Ok(token)) => token,
+            Ok(Err(err)) => return Err(TokenError::from_source(err)),
+            Err(_elapsed) => {
+                return Err(TokenError::new(TokenErrorKind::Timeout { after: timeout }));
+            }
+        };
+        token.check()?;
+        Ok(token)
+    }
+
+    fn finish(self: &Arc<Self>, result: Result<Token, TokenError>, origin: Origin) -> FlightResult {
+        let mut control = self.lock();
+        control.flight = None;
+        let now = Instant::now();
+        match result {
+            Ok(token) => {
+                control.generation += 1;
+                let entry = Arc::new(self.schedule(&mut control, token, origin, now));
+                tracing::debug!(
+                    generation = entry.generation,
+                    refresh_in = ?entry.refresh_at - now,
+                    "access token cached"
+                );
+                control.entry = Some(Arc::clone(&entry));
+                control.failures = 0;
+                control.last_error = None;
+                control.retry_at = None;
+                self.publish_valid(&mut control, &entry, now);
+                Some(Ok(entry))
+            }
+            Err(err) => {
+                control.failures = control.failures.saturating_add(1);
+                control.stats.failed_fetches += 1;
+                let delay = self.backoff(&mut control);
+                tracing::warn!(error = %err, retry_in = ?delay, "token fetch failed");
+                control.retry_at = Some(now + delay);
+                control.last_error = Some(err.clone());
+                match control.entry.clone() {
+                    // A failed refresh never evicts a valid token.
+                    Some(entry) => self.publish_valid(&mut control, &entry, now),
+                    None => self.publish_check(&control),
+                }
+                Some(Err(err))
+            }
+        }
+    }
+
+    /// The cache's view of a fresh token: when to refresh it and when to stop using it.
+    fn schedule(&self, control: &mut Control, token: Token, origin: Origin, now: Instant) -> Entry {
+        let config = &self.config;
+        let expires_at = token.expires_at();
+        let lifetime = expires_at.saturating_duration_since(now);
+        let margin = config.expiry_margin.min(lifetime / 4);
+        let usable_until = expires_at - margin;
+        let window = lifetime
+            .mul_f64(config.refresh_fraction)
+            .max(config.min_refresh_window)
+            .min(lifetime / 2);
+        let jitter = window.mul_f64(config.refresh_jitter * control.random_unit());
+        // margin, window and jitter can add up to more than the lifetime: then refresh at once.
+        let refresh_at = usable_until
+            .checked_sub(window + jitter)
+            .unwrap_or(now)
+            .max(now);
+        let header = token
+            .header_value()
+            .cloned()
+            .expect("fetch() checked the header before the token reached the cache");
+        Entry {
+            generation: control.generation,
+            token,
+            header,
+            origin,
+            refresh_at,
+            usable_until,
+        }
+    }
+
+    /// The delay before the next fetch after `control.failures` consecutive failures.
+    fn backoff(&self, control: &mut Control) -> Duration {
+        let config = &self.config;
+        let doublings = control.failures.saturating_sub(1).min(30);
+        let delay = config
+            .backoff_initial
+            .saturating_mul(1 << doublings)
+            .min(config.backoff_max);
+        // 50% jitter: between half the delay and all of it.
+        let jittered = delay.mul_f64(0.5 + 0.5 * control.random_unit());
+        jittered.max(config.error_hold)
+    }
+
+    /// Lets the hot path serve `entry` until the next instant something is due, by arming an
+    /// alarm for that instant. Without a runtime no alarm can be armed: callers then keep taking
+    /// the slow path, which reads the clock itself.
+    fn publish_valid(self: &Arc<Self>, control: &mut Control, entry: &Arc<Entry>, now: Instant) {
+        // Next due: expiry while a refresh runs; otherwise the moment a refresh may start.
+        let next = match (&control.flight, control.retry_at) {
+            (Some(_), _) => entry.usable_until,
+            (None, retry_at) => entry
+                .refresh_at
+                .max(retry_at.unwrap_or(now))
+                .min(entry.usable_until),
+        };
+        if self.arm(control, next) {
+            self.state.store(entry.generation << 1, Ordering::Release);
+        } else {
+            self.publish_check(control);
+        }
+    }
+
+    fn publish_check(&self, control: &Control) {
+        let generation = control.entry.as_ref().map_or(0, |e| e.generation);
+        self.state.store(generation << 1 | CHECK, Ordering::Release);
+    }
+
+    /// Ensures an alarm fires at `at`. Returns false if there is no runtime to run it on.
+    fn arm(self: &Arc<Self>, control: &mut Control, at: Instant) -> bool {
+        if control.alarm.as_ref().is_some_and(|alarm| alarm.at == at) {
+            return true;
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            return false;
+        };
+        if let Some(old) = control.alarm.take() {
+            old.handle.abort();
+        }
+        control.alarm_seq += 1;
+        let shared = Arc::downgrade(self);
+        let seq = control.alarm_seq;
+        let handle = runtime
+            .spawn(async move {
+                let _guard = AlarmGuard { shared, seq };
+                tokio::time::sleep_until(at).await;
+            })
+            .abort_handle();
+        control.alarm = Some(Alarm {
+            at,
+            seq: control.alarm_seq,
+            handle,
+        });
+        true
+    }
+}
+
+impl Control {
+    /// Forgets a fetch whose task was dropped before it first ran.
+    fn reap_dead_flight(&mut self) {
+        if self
+            .flight
+            .as_ref()
+            .is_some_and(|rx| rx.has_changed().is_err())
+        {
+            self.flight = None;
+        }
+    }
+
+    /// A pseudo-random number in [0, 1) for jitter (xorshift64*; not for cryptography).
+    fn random_unit(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (r >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let control = self.control.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(alarm) = control.alarm.take() {
+            alarm.handle.abort();
+        }
+    }
+}
+
+/// Ends every fetch in `finish`: normally with its result, or, if the task is dropped first
+/// (its runtime shut down) or the source panicked, with an error, so waiters never hang and a
+/// new fetch can start.
+struct FlightGuard {
+    shared: Arc<Shared>,
+    tx: Option<watch::Sender<FlightResult>>,
+    origin: Origin,
+}
+
+impl FlightGuard {
+    fn finish(&mut self, result: Result<Token, TokenError>) {
+        if let Some(tx) = self.tx.take() {
+            let outcome = self.shared.finish(result, self.origin);
+            tx.send_replace(outcome);
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            if std::thread::panicking() {
+                // A panicking source is a failure like any other, with backoff.
+                let err = TokenError::from_source("the token source panicked".into());
+                self.finish(Err(err));
+            } else {
+                // Cancelled with its runtime: not the endpoint's fault, so no backoff.
+                let mut control = self.shared.lock();
+                control.flight = None;
+                drop(control);
+                if let Some(tx) = self.tx.take() {
+                    tx.send_replace(Some(Err(TokenError::new(TokenErrorKind::Cancelled))));
+                }
+            }
+        }
+    }
+}
+
+/// Sets `CHECK` when its alarm fires or is dropped unfired (runtime shutdown), unless a newer
+/// alarm replaced it.
+struct AlarmGuard {
+    shared: Weak<Shared>,
+    seq: u64,
+}
+
+impl Drop for AlarmGuard {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut control = shared.lock();
+        if control.alarm.as_ref().is_some_and(|a| a.seq == self.seq) {
+            control.alarm = None;
+            shared.state.fetch_or(CHECK, Ordering::AcqRel);
+        }
+    }
+}
