@@ -21,6 +21,8 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
+pub mod source;
+
 /// One request as the server received it.
 #[derive(Debug, Clone)]
 pub struct Captured {
