@@ -28,6 +28,7 @@ const MAX_SLOTS: usize = 8;
 
 struct Slot {
     cache_id: u64,
+    generation: u64,
     cache: Weak<Shared>,
     entry: Arc<Entry>,
     /// This thread's own copy of `entry.header`.
@@ -51,7 +52,7 @@ fn with_slot<R>(shared: &Shared, generation: u64, f: impl FnOnce(&Slot) -> R) ->
             let slots = slots.borrow();
             let slot = slots
                 .iter()
-                .find(|s| s.cache_id == shared.id && s.entry.generation == generation)?;
+                .find(|s| s.cache_id == shared.id && s.generation == generation)?;
             Some(f(slot))
         })
         .ok()
@@ -87,17 +88,23 @@ pub(super) fn lease_entry(shared: &Arc<Shared>, entry: &Arc<Entry>) -> Lease {
         let mut slots = slots.borrow_mut();
         if let Some(slot) = slots
             .iter()
-            .find(|s| s.cache_id == shared.id && s.entry.generation == generation)
+            .find(|s| s.cache_id == shared.id && s.generation == generation)
         {
             return slot.header.clone();
         }
-        let header = private_copy(&entry.header);
+        // An interned value is already free to clone from any thread.
+        let header = if entry.interned {
+            entry.header.clone()
+        } else {
+            private_copy(&entry.header)
+        };
         slots.retain(|s| s.cache_id != shared.id && s.cache.strong_count() > 0);
         if slots.len() >= MAX_SLOTS {
             slots.remove(0);
         }
         slots.push(Slot {
             cache_id: shared.id,
+            generation,
             cache: Arc::downgrade(shared),
             entry: Arc::clone(entry),
             header: header.clone(),

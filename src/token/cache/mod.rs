@@ -36,6 +36,7 @@
 //!
 //! All timing uses Tokio's clock, so tests can use `#[tokio::test(start_paused = true)]`.
 
+mod intern;
 mod local;
 mod state;
 
@@ -121,6 +122,15 @@ impl TokenCache {
     pub fn invalidate(&self, token: &Token) -> bool {
         self.shared
             .invalidate(|entry| entry.token.same_token(token))
+    }
+
+    /// The `Authorization` header value (`Bearer <token>`, sensitive) of the cached token, if a
+    /// valid one is cached; never waits or fetches.
+    ///
+    /// This is the read the layer makes for every request: no lock, no allocation, and no
+    /// reference count shared between threads (each thread clones its own copy).
+    pub fn cached_header(&self) -> Option<HeaderValue> {
+        self.try_lease().map(|lease| lease.header)
     }
 
     /// Counters of what the cache has done so far.

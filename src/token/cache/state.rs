@@ -66,8 +66,10 @@ pub(crate) struct Entry {
     /// Identity of this fetch; never reused within a cache.
     pub(crate) generation: u64,
     pub(crate) token: Token,
-    /// The token's header value (checked valid when the entry was made).
+    /// The token's header value (checked valid when the entry was made); interned when the
+    /// budget allows, so that clones share no reference count.
     pub(super) header: HeaderValue,
+    pub(super) interned: bool,
     origin: Origin,
     refresh_at: Instant,
     usable_until: Instant,
@@ -354,12 +356,16 @@ impl Shared {
             .max(now);
         let header = token
             .header_value()
-            .cloned()
             .expect("fetch() checked the header before the token reached the cache");
+        let (header, interned) = match super::intern::intern(header) {
+            Some(interned) => (interned, true),
+            None => (header.clone(), false),
+        };
         Entry {
             generation: control.generation,
             token,
             header,
+            interned,
             origin,
             refresh_at,
             usable_until,

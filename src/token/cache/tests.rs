@@ -1,1 +1,43 @@
 use super::*;
+
+fn static_cache(token: &str) -> TokenCache {
+    TokenCache::new(Token::bearer(token, Duration::from_secs(3600)))
+}
+
+#[test]
+fn outside_a_runtime_callers_get_a_clear_error_not_a_panic() {
+    let cache = static_cache("abc");
+    match cache.acquire() {
+        Acquire::Failed(err) => {
+            assert_eq!(err.kind(), &crate::TokenErrorKind::NoRuntime);
+            assert!(err.to_string().contains("Tokio runtime"));
+        }
+        _ => panic!("expected NoRuntime"),
+    }
+    assert!(cache.cached_header().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hot_path_serves_the_sensitive_header_value_once_cached() {
+    let cache = static_cache("abc");
+    assert!(cache.cached_header().is_none(), "nothing fetched yet");
+    cache.get().await.unwrap();
+    let header = cache.cached_header().expect("cached");
+    assert_eq!(header, "Bearer abc");
+    assert!(header.is_sensitive());
+    let lease = cache.try_lease().unwrap();
+    assert!(cache.invalidate_lease(&lease));
+    assert!(cache.cached_header().is_none(), "evicted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn debug_shows_settings_and_stats_but_no_token() {
+    let cache = static_cache("very-secret-token");
+    cache.get().await.unwrap();
+    let text = format!(
+        "{cache:?} {:?}",
+        TokenCache::builder(Token::bearer_static("x"))
+    );
+    assert!(!text.contains("very-secret-token"), "{text}");
+    assert!(text.contains("fetches: 1"), "{text}");
+}
