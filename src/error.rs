@@ -351,3 +351,63 @@ impl StdError for TokenError {
             .map(|e| e as &(dyn StdError + 'static))
     }
 }
+
+/// The error of a [`BesenderAuth`](crate::BesenderAuth) service: which part failed.
+///
+/// ```
+/// use besender_auth::Error;
+///
+/// fn describe(err: &Error) -> &'static str {
+///     match err {
+///         Error::Token(_) => "no access token (the token endpoint failed)",
+///         Error::Inner(_) => "the request itself failed",
+///         _ => "other",
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// No access token could be obtained; the request was not sent.
+    Token(TokenError),
+    /// The inner service (the HTTP client) failed.
+    Inner(BoxError),
+    /// `call` was made without a successful `poll_ready` first (a Tower contract breach) and no
+    /// token was at hand; the request was not sent.
+    NotReady,
+}
+
+impl Error {
+    pub(crate) fn inner(err: impl Into<BoxError>) -> Self {
+        Error::Inner(err.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Token(err) => write!(f, "{err}"),
+            Error::Inner(err) => write!(f, "the request failed: {err}"),
+            Error::NotReady => f.write_str(
+                "the service was called before `poll_ready` returned ready, and no access token \
+                 was at hand",
+            ),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Token(err) => Some(err),
+            Error::Inner(err) => Some(&**err),
+            Error::NotReady => None,
+        }
+    }
+}
+
+impl From<TokenError> for Error {
+    fn from(err: TokenError) -> Self {
+        Error::Token(err)
+    }
+}

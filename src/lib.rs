@@ -35,15 +35,25 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod classify;
 mod error;
+mod future;
+mod layer;
+mod replay;
+mod service;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 mod token;
 
+pub use classify::{ClassifyRefusal, DefaultClassifier};
 pub use error::{
-    BesenderError, BesenderErrorKind, BoxError, ConfigError, TokenError, TokenErrorKind,
+    BesenderError, BesenderErrorKind, BoxError, ConfigError, Error, TokenError, TokenErrorKind,
 };
+pub use future::ResponseFuture;
+pub use layer::{AuthStats, BesenderAuthLayer};
+pub use replay::ReplayBody;
+pub use service::BesenderAuth;
 pub use token::cache::CacheStats;
 pub use token::{
     BesenderTokenSource, BesenderTokenSourceBuilder, ClientId, MAX_TOKEN_LIFETIME, Token,

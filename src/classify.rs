@@ -1,0 +1,266 @@
+//! Is this response a refusal of the token? Decided on the status and headers alone, before the
+//! response body is read.
+//!
+//! [`DefaultClassifier`] follows HTTP and RFC 6750:
+//! - HTTP 401 is a refusal, unless a `Bearer` challenge in `WWW-Authenticate` says
+//!   `error="insufficient_scope"` or `error="invalid_request"`: a new token cannot fix those.
+//! - `grpc-status: 16` (`UNAUTHENTICATED`) in the response headers is a refusal: gRPC reports
+//!   auth failures as HTTP 200 with a trailers-only response. Every other gRPC status, `7`
+//!   (`PERMISSION_DENIED`) included, is not.
+//!
+//! Supply your own [`ClassifyRefusal`] (any `Fn(StatusCode, &HeaderMap) -> bool` is one) for an
+//! API that signals refusal differently.
+
+use http::{HeaderMap, StatusCode, header::WWW_AUTHENTICATE};
+
+/// Decides whether a response means the server refused the access token, so that refreshing
+/// it and retrying once may help.
+///
+/// ```
+/// use besender_auth::{BesenderAuthLayer, Token};
+/// use http::{HeaderMap, StatusCode};
+///
+/// // An API that answers 403 to expired tokens.
+/// let layer = BesenderAuthLayer::new(Token::bearer_static("abc"))
+///     .classifier(|status: StatusCode, _headers: &HeaderMap| status == StatusCode::FORBIDDEN);
+/// ```
+pub trait ClassifyRefusal: Send + Sync + 'static {
+    /// Whether a response with this status and these headers refuses the token.
+    fn is_refusal(&self, status: StatusCode, headers: &HeaderMap) -> bool;
+}
+
+impl<F> ClassifyRefusal for F
+where
+    F: Fn(StatusCode, &HeaderMap) -> bool + Send + Sync + 'static,
+{
+    fn is_refusal(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        self(status, headers)
+    }
+}
+
+/// The default classifier; see the [module documentation](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultClassifier;
+
+/// gRPC's `UNAUTHENTICATED`.
+const GRPC_UNAUTHENTICATED: &[u8] = b"16";
+
+impl ClassifyRefusal for DefaultClassifier {
+    fn is_refusal(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        if let Some(grpc_status) = headers.get("grpc-status") {
+            return grpc_status.as_bytes().trim_ascii() == GRPC_UNAUTHENTICATED;
+        }
+        if status != StatusCode::UNAUTHORIZED {
+            return false;
+        }
+        let mut hopeless = false;
+        for value in headers.get_all(WWW_AUTHENTICATE) {
+            let Ok(value) = value.to_str() else { continue };
+            for error in bearer_errors(value) {
+                if error.eq_ignore_ascii_case("invalid_token") {
+                    return true;
+                }
+                hopeless |= error.eq_ignore_ascii_case("insufficient_scope")
+                    || error.eq_ignore_ascii_case("invalid_request");
+            }
+        }
+        !hopeless
+    }
+}
+
+/// The `error` parameters of the `Bearer` challenges in one `WWW-Authenticate` value
+/// (RFC 9110 §11.6.1 challenge syntax, RFC 6750 §3 parameters).
+fn bearer_errors(value: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut parser = Parser { rest: value };
+    let mut in_bearer = false;
+    loop {
+        parser.skip(|c| c == ',' || c == ' ' || c == '\t');
+        let Some(token) = parser.token() else { break };
+        parser.skip(|c| c == ' ' || c == '\t');
+        if parser.eat('=') {
+            // An auth-param of the current challenge (or token68 padding, which has no name we
+            // look for).
+            parser.skip(|c| c == ' ' || c == '\t');
+            let value = parser.param_value();
+            if in_bearer && token.eq_ignore_ascii_case("error") {
+                errors.push(value);
+            }
+        } else {
+            in_bearer = token.eq_ignore_ascii_case("bearer");
+        }
+    }
+    errors
+}
+
+struct Parser<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Parser<'a> {
+    fn skip(&mut self, what: impl Fn(char) -> bool) {
+        self.rest = self.rest.trim_start_matches(what);
+    }
+
+    fn eat(&mut self, c: char) -> bool {
+        match self.rest.strip_prefix(c) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An RFC 9110 token (or, leniently, any run of characters up to a delimiter).
+    fn token(&mut self) -> Option<&'a str> {
+        let end = self
+            .rest
+            .find(|c: char| matches!(c, ' ' | '\t' | ',' | '=' | '"'))
+            .unwrap_or(self.rest.len());
+        if end == 0 {
+            // A stray delimiter: step over it so the parser always advances.
+            let mut chars = self.rest.chars();
+            chars.next()?;
+            self.rest = chars.as_str();
+            return Some("");
+        }
+        let (token, rest) = self.rest.split_at(end);
+        self.rest = rest;
+        Some(token)
+    }
+
+    /// A token or a quoted-string, unquoted.
+    fn param_value(&mut self) -> String {
+        if !self.eat('"') {
+            return self.token().unwrap_or_default().to_owned();
+        }
+        let mut value = String::new();
+        let mut chars = self.rest.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => {
+                    self.rest = &self.rest[i + 1..];
+                    return value;
+                }
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(escaped);
+                    }
+                }
+                c => value.push(c),
+            }
+        }
+        self.rest = "";
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn refusal(status: u16, headers: &[(&'static str, &'static str)]) -> bool {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        DefaultClassifier.is_refusal(StatusCode::from_u16(status).unwrap(), &map)
+    }
+
+    #[test]
+    fn plain_401_is_a_refusal() {
+        assert!(refusal(401, &[]));
+        assert!(refusal(401, &[("www-authenticate", "Bearer")]));
+        assert!(refusal(
+            401,
+            &[("www-authenticate", r#"Bearer realm="api""#)]
+        ));
+    }
+
+    #[test]
+    fn invalid_token_is_a_refusal() {
+        assert!(refusal(
+            401,
+            &[(
+                "www-authenticate",
+                r#"Bearer realm="x", error="invalid_token", error_description="expired""#
+            )]
+        ));
+        assert!(refusal(
+            401,
+            &[("www-authenticate", "bearer error=invalid_token")]
+        ));
+    }
+
+    #[test]
+    fn insufficient_scope_and_invalid_request_are_not() {
+        assert!(!refusal(
+            401,
+            &[(
+                "www-authenticate",
+                r#"Bearer error="insufficient_scope", scope="admin""#
+            )]
+        ));
+        assert!(!refusal(
+            401,
+            &[("www-authenticate", r#"Bearer error="invalid_request""#)]
+        ));
+        assert!(!refusal(
+            401,
+            &[
+                ("www-authenticate", r#"Basic realm="x""#),
+                ("www-authenticate", r#"Bearer error="insufficient_scope""#)
+            ]
+        ));
+    }
+
+    #[test]
+    fn an_error_of_another_scheme_does_not_count() {
+        assert!(refusal(
+            401,
+            &[(
+                "www-authenticate",
+                r#"Newauth realm="x", error="insufficient_scope", Bearer"#
+            )]
+        ));
+    }
+
+    #[test]
+    fn other_statuses_are_not_refusals() {
+        for status in [200, 400, 403, 404, 407, 500] {
+            assert!(!refusal(status, &[]), "{status}");
+        }
+    }
+
+    #[test]
+    fn grpc_unauthenticated_is_a_refusal_and_nothing_else_is() {
+        assert!(refusal(200, &[("grpc-status", "16")]));
+        assert!(!refusal(200, &[("grpc-status", "7")]));
+        assert!(!refusal(200, &[("grpc-status", "0")]));
+        assert!(!refusal(200, &[("grpc-status", "160")]));
+    }
+
+    #[test]
+    fn malformed_challenges_never_panic() {
+        for value in [
+            "",
+            ",,,",
+            "=",
+            "\"",
+            "Bearer error=\"unterminated",
+            "Bearer error=",
+            "Bearer ===",
+            "Basic YWxhZGRpbjpvcGVuc2VzYW1l==, Bearer error=\"invalid_token\"",
+            "\\\"é\"",
+        ] {
+            let _ = bearer_errors(value);
+        }
+        assert_eq!(
+            bearer_errors("Basic YWxhZGRpbjpvcGVuc2VzYW1l==, Bearer error=\"invalid_token\""),
+            ["invalid_token"]
+        );
+        assert_eq!(bearer_errors(r#"Bearer error="a\"b""#), ["a\"b"]);
+    }
+}

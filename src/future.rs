@@ -1,0 +1,362 @@
+//! `ResponseFuture`: the first attempt, the recovery from a refusal, and the one retry.
+//!
+//! ```text
+//! First ──response──> refusal? ──no──> done
+//!                        │yes
+//!                        v
+//!                    Recovering: invalidate the refused token, get a fresh one (single flight),
+//!                                take the replayable body back from the first attempt,
+//!                                make a fresh clone of the inner service ready
+//!                        │ any step impossible: the original response
+//!                        v
+//!                    Retrying ──response──> done (never a second retry)
+//! ```
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use http::{Request, Response, request::Parts};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::{
+    error::{BoxError, Error, TokenError},
+    layer::{Core, Counters},
+    replay::{Replay, ReplayBody, Take},
+    token::cache::{Acquire, Lease, LeaseFuture},
+};
+
+pin_project! {
+    /// The response future of [`BesenderAuth`](crate::BesenderAuth).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        /// No request was sent.
+        Failed { error: Option<Error> },
+        /// A request that will not be retried; a refusal still invalidates its token.
+        Unretried { #[pin] future: S::Future, lease: Lease, core: Arc<Core> },
+        /// The first attempt of a request that may be retried.
+        First { #[pin] future: S::Future, retry: Option<Box<Retry<S, B>>> },
+        /// The first attempt was refused; getting everything ready for the retry.
+        Recovering { response: Option<S::Response>, retry: Box<Retry<S, B>> },
+        /// The one retry, with the token it carries.
+        Retrying { #[pin] future: S::Future, lease: Lease, core: Arc<Core> },
+    }
+}
+
+/// Everything a retry needs, kept from `call`.
+pub(crate) struct Retry<S, B> {
+    /// A fresh clone of the inner service, not yet ready.
+    service: S,
+    parts: Parts,
+    replay: Replay<B>,
+    /// The token the first attempt carried.
+    refused: Lease,
+    core: Arc<Core>,
+    step: Step<B>,
+}
+
+/// Where the recovery is.
+enum Step<B> {
+    /// Not started: nothing is done unless the first attempt is refused.
+    Idle,
+    /// Waiting for a fresh token.
+    Token(LeaseFuture),
+    /// Waiting for the first attempt to let go of the body.
+    Body {
+        lease: Lease,
+        wait: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+    },
+    /// Waiting for the fresh clone of the inner service to be ready.
+    Ready(Option<(Request<ReplayBody<B>>, Lease)>),
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    pub(crate) fn failed(error: Error) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn unretried(future: S::Future, lease: Lease, core: Arc<Core>) -> Self {
+        Self {
+            state: State::Unretried {
+                future,
+                lease,
+                core,
+            },
+        }
+    }
+
+    pub(crate) fn first(future: S::Future, retry: Retry<S, B>) -> Self {
+        Self {
+            state: State::First {
+                future,
+                retry: Some(Box::new(retry)),
+            },
+        }
+    }
+}
+
+impl<S, B> Retry<S, B> {
+    pub(crate) fn new(
+        service: S,
+        parts: Parts,
+        replay: Replay<B>,
+        refused: Lease,
+        core: Arc<Core>,
+    ) -> Self {
+        Self {
+            service,
+            parts,
+            replay,
+            refused,
+            core,
+            step: Step::Idle,
+        }
+    }
+}
+
+impl<S, B> Retry<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+{
+    /// Drives the recovery. `Ok(None)`: no retry is possible, return the original response.
+    fn poll_recover(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<(Request<ReplayBody<B>>, Lease)>, Error>> {
+        loop {
+            match &mut self.step {
+                Step::Idle => {
+                    let cache = &self.core.cache;
+                    cache.invalidate_lease(&self.refused);
+                    let fresh = match cache.acquire() {
+                        Acquire::Ready(lease) => Ok(lease),
+                        Acquire::Failed(err) => Err(err),
+                        Acquire::Pending(wait) => {
+                            self.step = Step::Token(wait);
+                            continue;
+                        }
+                    };
+                    if !self.got_token(fresh) {
+                        return Poll::Ready(Ok(None));
+                    }
+                }
+                Step::Token(wait) => {
+                    let fresh = ready!(wait.as_mut().poll(cx));
+                    if !self.got_token(fresh) {
+                        return Poll::Ready(Ok(None));
+                    }
+                }
+                Step::Body {
+                    wait: Some(waiting),
+                    ..
+                } => {
+                    let released = ready!(waiting.as_mut().poll(cx));
+                    let Step::Body { lease, wait } = &mut self.step else {
+                        unreachable!("matched above")
+                    };
+                    *wait = None;
+                    if !released {
+                        // Past the wait: one last look, then give up.
+                        let lease = lease.clone();
+                        return Poll::Ready(Ok(self.take_body(lease, false)));
+                    }
+                }
+                Step::Body { lease, wait: None } => {
+                    let lease = lease.clone();
+                    match self.replay.take() {
+                        Take::Ready(body) => {
+                            self.step = Step::Ready(Some(self.request(lease, body)));
+                        }
+                        Take::Held => {
+                            // The server answered before the first attempt finished sending.
+                            let released = self.replay.released();
+                            let wait = wait_released(released, self.core.replay_wait);
+                            self.step = Step::Body {
+                                lease,
+                                wait: Some(Box::pin(wait)),
+                            };
+                        }
+                        Take::Refused => return Poll::Ready(Ok(self.take_body(lease, true))),
+                    }
+                }
+                Step::Ready(request) => {
+                    ready!(self.service.poll_ready(cx)).map_err(Error::inner)?;
+                    let retry = request.take().expect("a request is sent only once");
+                    return Poll::Ready(Ok(Some(retry)));
+                }
+            }
+        }
+    }
+
+    /// Moves on with a fresh token, if it differs from the refused one. Returns whether the
+    /// retry goes on.
+    fn got_token(&mut self, fresh: Result<Lease, TokenError>) -> bool {
+        match fresh {
+            Ok(lease) if lease.header != self.refused.header => {
+                self.step = Step::Body { lease, wait: None };
+                return true;
+            }
+            // Rate-limited or the server's choice: a retry would be refused again.
+            Ok(_) => tracing::debug!("refused request not retried: the token is unchanged"),
+            Err(err) => {
+                tracing::debug!(error = %err, "refused request not retried: no fresh token")
+            }
+        }
+        Counters::bump(&self.core.counters.same_token);
+        false
+    }
+
+    /// The body for the retry, if the first attempt let go of it; otherwise counts a refused
+    /// replay. `refused`: the body is known not to be replayable.
+    fn take_body(
+        &mut self,
+        lease: Lease,
+        refused: bool,
+    ) -> Option<(Request<ReplayBody<B>>, Lease)> {
+        if !refused {
+            if let Take::Ready(body) = self.replay.take() {
+                return Some(self.request(lease, body));
+            }
+        }
+        tracing::debug!("refused request not retried: its body cannot be replayed");
+        Counters::bump(&self.core.counters.refused_replays);
+        None
+    }
+
+    /// The retry: the kept request parts with the fresh token, and the replayed body.
+    fn request(&self, lease: Lease, body: ReplayBody<B>) -> (Request<ReplayBody<B>>, Lease) {
+        let mut parts = self.parts.clone();
+        parts
+            .headers
+            .insert(http::header::AUTHORIZATION, lease.header.clone());
+        (Request::from_parts(parts, body), lease)
+    }
+}
+
+async fn wait_released(released: impl Future<Output = ()>, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, released).await.is_ok()
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+{
+    type Output = Result<Response<ResBody>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut state = self.as_mut().project().state;
+            match state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
+                }
+                StateProj::Unretried {
+                    future,
+                    lease,
+                    core,
+                } => {
+                    let response = ready!(future.poll(cx)).map_err(Error::inner)?;
+                    if core
+                        .classifier
+                        .is_refusal(response.status(), response.headers())
+                    {
+                        Counters::bump(&core.counters.refusals);
+                        core.cache.invalidate_lease(lease);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::First { future, retry } => {
+                    let response = ready!(future.poll(cx)).map_err(Error::inner)?;
+                    let retry = retry.take().expect("polled after completion");
+                    let core = &retry.core;
+                    if !core
+                        .classifier
+                        .is_refusal(response.status(), response.headers())
+                    {
+                        return Poll::Ready(Ok(response));
+                    }
+                    tracing::debug!(status = %response.status(), "token refused; refreshing and retrying once");
+                    Counters::bump(&core.counters.refusals);
+                    state.set(State::Recovering {
+                        response: Some(response),
+                        retry,
+                    });
+                }
+                StateProj::Recovering { response, retry } => {
+                    match ready!(retry.poll_recover(cx))? {
+                        None => {
+                            let response = response.take().expect("polled after completion");
+                            return Poll::Ready(Ok(response));
+                        }
+                        Some((request, lease)) => {
+                            Counters::bump(&retry.core.counters.retries);
+                            let core = Arc::clone(&retry.core);
+                            let future = retry.service.call(request);
+                            // Drops the refused response and what the retry no longer needs.
+                            state.set(State::Retrying {
+                                future,
+                                lease,
+                                core,
+                            });
+                        }
+                    }
+                }
+                StateProj::Retrying {
+                    future,
+                    lease,
+                    core,
+                } => {
+                    let response = ready!(future.poll(cx)).map_err(Error::inner)?;
+                    if core
+                        .classifier
+                        .is_refusal(response.status(), response.headers())
+                    {
+                        // Never a second retry; the cache rate-limits the refresh this asks for.
+                        Counters::bump(&core.counters.refusals);
+                        core.cache.invalidate_lease(lease);
+                    } else {
+                        Counters::bump(&core.counters.successful_retries);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

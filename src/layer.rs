@@ -1,0 +1,176 @@
+//! `BesenderAuthLayer`: the layer and its options.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tower_layer::Layer;
+
+use crate::{
+    BesenderAuth,
+    classify::{ClassifyRefusal, DefaultClassifier},
+    token::{TokenCache, TokenSource},
+};
+
+const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
+const DEFAULT_REPLAY_WAIT: Duration = Duration::from_secs(1);
+
+/// Authenticates every request of the wrapped service with a Besender access token.
+///
+/// See the [crate documentation](crate) for what it does and a complete example. Clones of the
+/// layer, and of every service it makes, share one [`TokenCache`].
+#[derive(Clone)]
+pub struct BesenderAuthLayer {
+    cache: TokenCache,
+    retry: bool,
+    max_replay_bytes: usize,
+    replay_wait: Duration,
+    classifier: Arc<dyn ClassifyRefusal>,
+    counters: Arc<Counters>,
+}
+
+/// What the services share: one allocation, cloned once per retryable request.
+pub(crate) struct Core {
+    pub(crate) cache: TokenCache,
+    pub(crate) retry: bool,
+    pub(crate) max_replay_bytes: usize,
+    pub(crate) replay_wait: Duration,
+    pub(crate) classifier: Arc<dyn ClassifyRefusal>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Counters of the refusal path; the hot path never touches them.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) refusals: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) successful_retries: AtomicU64,
+    pub(crate) refused_replays: AtomicU64,
+    pub(crate) same_token: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the layer's services have done so far; from [`BesenderAuthLayer::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthStats {
+    /// Responses classified as a refusal of the token.
+    pub refusals: u64,
+    /// Requests sent again with a fresh token.
+    pub retries: u64,
+    /// Retries whose response was not a refusal.
+    pub successful_retries: u64,
+    /// Refusals not retried because the body could not be replayed (over the cap, failed, or
+    /// still held by the first attempt past the wait).
+    pub refused_replays: u64,
+    /// Refusals not retried because no different token could be had (the refresh returned the
+    /// same token, was rate-limited, or failed).
+    pub not_retried_no_new_token: u64,
+}
+
+impl BesenderAuthLayer {
+    /// A layer over `source` with the defaults: a [`TokenCache`] with its defaults, one retry on
+    /// refusal, request bodies replayable up to 64 KiB.
+    pub fn new(source: impl TokenSource) -> Self {
+        Self::from_cache(TokenCache::new(source))
+    }
+
+    /// A layer over an existing cache, for a cache with custom settings or one shared with other
+    /// layers.
+    pub fn from_cache(cache: TokenCache) -> Self {
+        Self {
+            cache,
+            retry: true,
+            max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
+            replay_wait: DEFAULT_REPLAY_WAIT,
+            classifier: Arc::new(DefaultClassifier),
+            counters: Arc::default(),
+        }
+    }
+
+    /// Whether a refused request is retried once with a fresh token. Default `true`. Without it,
+    /// a refusal still invalidates the token, so the next request gets a fresh one, and bodies
+    /// are never buffered.
+    pub fn retry(mut self, retry: bool) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The most request-body bytes kept for a retry. Default 64 KiB, as linkerd's. A body
+    /// declared larger is not buffered at all; one that grows past it is freed and its refusal
+    /// is returned as is.
+    pub fn max_replay_bytes(mut self, limit: usize) -> Self {
+        self.max_replay_bytes = limit;
+        self
+    }
+
+    /// How long a retry waits for the first attempt to let go of the request body, when the
+    /// server answered before reading all of it. Default 1 s; past it the refusal is returned.
+    pub fn replay_wait(mut self, wait: Duration) -> Self {
+        self.replay_wait = wait;
+        self
+    }
+
+    /// How refusals are recognized. Default: [`DefaultClassifier`].
+    pub fn classifier(mut self, classifier: impl ClassifyRefusal) -> Self {
+        self.classifier = Arc::new(classifier);
+        self
+    }
+
+    /// The token cache the layer's services share.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// Counters of refusals and retries, over every service made by this layer and its clones.
+    pub fn stats(&self) -> AuthStats {
+        let c = &self.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        AuthStats {
+            refusals: get(&c.refusals),
+            retries: get(&c.retries),
+            successful_retries: get(&c.successful_retries),
+            refused_replays: get(&c.refused_replays),
+            not_retried_no_new_token: get(&c.same_token),
+        }
+    }
+}
+
+impl<S> Layer<S> for BesenderAuthLayer {
+    type Service = BesenderAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BesenderAuth::from_core(
+            inner,
+            Arc::new(Core {
+                cache: self.cache.clone(),
+                retry: self.retry,
+                max_replay_bytes: self.max_replay_bytes,
+                replay_wait: self.replay_wait,
+                classifier: Arc::clone(&self.classifier),
+                counters: Arc::clone(&self.counters),
+            }),
+        )
+    }
+}
+
+impl fmt::Debug for BesenderAuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BesenderAuthLayer")
+            .field("cache", &self.cache)
+            .field("retry", &self.retry)
+            .field("max_replay_bytes", &self.max_replay_bytes)
+            .field("replay_wait", &self.replay_wait)
+            .finish_non_exhaustive()
+    }
+}

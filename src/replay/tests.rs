@@ -1,0 +1,218 @@
+use std::collections::VecDeque;
+
+use http::HeaderValue;
+use http_body_util::BodyExt;
+
+use super::*;
+
+/// A body of scripted frames with a chosen size hint.
+struct Frames {
+    frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
+    hint: SizeHint,
+}
+
+impl Frames {
+    fn new(chunks: &[&'static str], trailers: bool) -> Self {
+        let mut frames: VecDeque<_> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        if trailers {
+            let mut map = HeaderMap::new();
+            map.insert("x-checksum", HeaderValue::from_static("abc"));
+            frames.push_back(Ok(Frame::trailers(map)));
+        }
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        Self {
+            frames,
+            hint: SizeHint::with_exact(len),
+        }
+    }
+
+    fn without_size(mut self) -> Self {
+        self.hint = SizeHint::new();
+        self
+    }
+
+    fn failing_after(mut self, n: usize) -> Self {
+        self.frames.truncate(n);
+        self.frames.push_back(Err("upload broke".into()));
+        self
+    }
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.frames.pop_front())
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// Reads `n` data frames (or all, with `usize::MAX`) and the trailers.
+async fn read<B>(body: &mut ReplayBody<B>, n: usize) -> (Vec<u8>, Option<HeaderMap>)
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut data = Vec::new();
+    let mut trailers = None;
+    let mut frames = 0;
+    while frames < n {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let frame = frame.unwrap();
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                frames += 1;
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    (data, trailers)
+}
+
+fn take<B>(replay: &Replay<B>) -> ReplayBody<B> {
+    match replay.take() {
+        Take::Ready(body) => body,
+        Take::Held => panic!("held"),
+        Take::Refused => panic!("refused"),
+    }
+}
+
+#[tokio::test]
+async fn a_retry_replays_the_same_bytes_and_trailers() {
+    let (mut first, replay) = ReplayBody::replayable(Frames::new(&["ab", "cd", "ef"], true), 64);
+    let replay = replay.unwrap();
+    let (sent, trailers) = read(&mut first, usize::MAX).await;
+    assert_eq!(sent, b"abcdef");
+    assert!(first.is_end_stream());
+    assert!(
+        matches!(replay.take(), Take::Held),
+        "the first attempt still holds it"
+    );
+    drop(first);
+
+    let mut retry = take(&replay);
+    assert_eq!(retry.size_hint().exact(), Some(6));
+    let (replayed, replayed_trailers) = read(&mut retry, usize::MAX).await;
+    assert_eq!(replayed, b"abcdef");
+    assert_eq!(replayed_trailers, trailers);
+    assert!(replayed_trailers.is_some());
+    assert!(retry.is_end_stream());
+}
+
+#[tokio::test]
+async fn a_retry_after_a_partial_first_attempt_replays_then_streams_the_rest() {
+    let body = Frames::new(&["one-", "two-", "three"], true).without_size();
+    let (mut first, replay) = ReplayBody::replayable(body, 64);
+    let (sent, _) = read(&mut first, 1).await;
+    assert_eq!(sent, b"one-");
+    drop(first); // the server answered early; the client let go of the body
+
+    let mut retry = take(&replay.unwrap());
+    let (all, trailers) = read(&mut retry, usize::MAX).await;
+    assert_eq!(all, b"one-two-three");
+    assert!(trailers.is_some());
+}
+
+#[tokio::test]
+async fn past_the_cap_the_buffer_is_freed_and_replay_refused() {
+    let body = Frames::new(&["0123456789", "0123456789", "0123456789"], false).without_size();
+    let (mut first, replay) = ReplayBody::replayable(body, 25);
+    let replay = replay.unwrap();
+    let (sent, _) = read(&mut first, usize::MAX).await;
+    assert_eq!(sent.len(), 30, "the first attempt still gets every byte");
+    let Kind::Attempt(attempt) = &first.kind else {
+        panic!("replayable")
+    };
+    let state = attempt.state.as_ref().unwrap();
+    assert!(state.over_cap);
+    assert_eq!(state.kept_len, 0);
+    assert_eq!(state.kept.capacity(), 0, "the buffer was freed");
+    drop(first);
+    assert!(matches!(replay.take(), Take::Refused));
+}
+
+#[test]
+fn a_body_declared_larger_than_the_cap_is_never_buffered() {
+    let (body, replay) = ReplayBody::replayable(Frames::new(&["0123456789"], false), 5);
+    assert!(replay.is_none());
+    assert!(matches!(body.kind, Kind::Passthrough(_)));
+}
+
+#[tokio::test]
+async fn an_empty_body_replays_as_empty_without_sharing_state() {
+    let (first, replay) = ReplayBody::replayable(Frames::new(&[], false), 64);
+    assert!(first.is_end_stream());
+    let replay = replay.unwrap();
+    assert!(replay.shared.is_none());
+    let mut retry = take(&replay);
+    assert_eq!(read(&mut retry, usize::MAX).await.0, b"");
+}
+
+#[tokio::test]
+async fn polling_a_body_the_other_attempt_holds_is_an_error_not_a_panic() {
+    let (mut first, replay) = ReplayBody::replayable(Frames::new(&["ab", "cd"], false), 64);
+    let replay = replay.unwrap();
+    read(&mut first, 1).await;
+    drop(first);
+    let mut retry = take(&replay);
+    read(&mut retry, 1).await;
+    // A third body on the same state (which the layer never makes) while the retry holds it.
+    let mut stray = ReplayBody {
+        kind: Kind::Attempt(Attempt {
+            shared: Arc::clone(replay.shared.as_ref().unwrap()),
+            state: None,
+            sent_frames: 0,
+            sent_trailers: false,
+            keeps_frames: false,
+            hint: SizeHint::new(),
+        }),
+    };
+    let err = stray.frame().await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("still held"));
+}
+
+#[tokio::test]
+async fn a_failed_body_is_not_replayed() {
+    let body = Frames::new(&["ab", "cd"], false).failing_after(1);
+    let (mut first, replay) = ReplayBody::replayable(body, 64);
+    first.frame().await.unwrap().unwrap();
+    assert!(first.frame().await.unwrap().is_err());
+    drop(first);
+    assert!(matches!(replay.unwrap().take(), Take::Refused));
+}
+
+#[tokio::test]
+async fn release_is_signalled_even_if_it_happened_before_the_wait() {
+    let (first, replay) = ReplayBody::replayable(Frames::new(&["ab"], false), 64);
+    let replay = replay.unwrap();
+    drop(first);
+    tokio::time::timeout(std::time::Duration::from_secs(1), replay.released())
+        .await
+        .expect("a stored permit, not a lost wake-up");
+}
+
+#[tokio::test]
+async fn passthrough_streams_the_body_unchanged() {
+    let mut body = ReplayBody::passthrough(Frames::new(&["x", "y"], true));
+    assert_eq!(body.size_hint().exact(), Some(2));
+    let (data, trailers) = read(&mut body, usize::MAX).await;
+    assert_eq!(data, b"xy");
+    assert!(trailers.is_some());
+}
