@@ -33,32 +33,38 @@ use crate::{
 };
 
 pin_project! {
-    /// The response future of [`BesenderAuth`](crate::BesenderAuth).
-    pub struct ResponseFuture<S, B>
+    /// The response future of [`BesenderAuth`](crate::BesenderAuth): `F` is the inner
+    /// service's future, `S` the inner service (a clone is kept for the retry), `B` the request
+    /// body.
+    ///
+    /// It names the inner future as a type parameter rather than `S::Future`, so that futures
+    /// holding it stay provably `Send` when `B` contains a `Box<dyn Error>` (rust-lang/rust#64552).
+    pub struct ResponseFuture<F, S, B>
     where
-        S: Service<Request<ReplayBody<B>>>,
+        F: Future,
     {
         #[pin]
-        state: State<S, B>,
+        state: State<F, S, B>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, B>
+    enum State<F, S, B>
     where
-        S: Service<Request<ReplayBody<B>>>,
+        F: Future,
     {
         /// No request was sent.
         Failed { error: Option<Error> },
         /// A request that will not be retried; a refusal still invalidates its token.
-        Unretried { #[pin] future: S::Future, lease: Lease, core: Arc<Core> },
+        Unretried { #[pin] future: F, lease: Lease, core: Arc<Core> },
         /// The first attempt of a request that may be retried.
-        First { #[pin] future: S::Future, retry: Option<Box<Retry<S, B>>> },
-        /// The first attempt was refused; getting everything ready for the retry.
-        Recovering { response: Option<S::Response>, retry: Box<Retry<S, B>> },
+        First { #[pin] future: F, retry: Option<Box<Retry<S, B>>> },
+        /// The first attempt was refused; getting everything ready for the retry. Holds the
+        /// refusal (always `Ok`), returned if no retry is possible.
+        Recovering { refusal: Option<F::Output>, retry: Box<Retry<S, B>> },
         /// The one retry, with the token it carries.
-        Retrying { #[pin] future: S::Future, lease: Lease, core: Arc<Core> },
+        Retrying { #[pin] future: F, lease: Lease, core: Arc<Core> },
     }
 }
 
@@ -89,17 +95,14 @@ enum Step<B> {
     Ready(Option<(Request<ReplayBody<B>>, Lease)>),
 }
 
-impl<S, B> ResponseFuture<S, B>
-where
-    S: Service<Request<ReplayBody<B>>>,
-{
+impl<F: Future, S, B> ResponseFuture<F, S, B> {
     pub(crate) fn failed(error: Error) -> Self {
         Self {
             state: State::Failed { error: Some(error) },
         }
     }
 
-    pub(crate) fn unretried(future: S::Future, lease: Lease, core: Arc<Core>) -> Self {
+    pub(crate) fn unretried(future: F, lease: Lease, core: Arc<Core>) -> Self {
         Self {
             state: State::Unretried {
                 future,
@@ -109,7 +112,7 @@ where
         }
     }
 
-    pub(crate) fn first(future: S::Future, retry: Retry<S, B>) -> Self {
+    pub(crate) fn first(future: F, retry: Retry<S, B>) -> Self {
         Self {
             state: State::First {
                 future,
@@ -263,9 +266,10 @@ async fn wait_released(released: impl Future<Output = ()>, timeout: Duration) ->
     tokio::time::timeout(timeout, released).await.is_ok()
 }
 
-impl<S, B, ResBody> Future for ResponseFuture<S, B>
+impl<F, S, B, ResBody> Future for ResponseFuture<F, S, B>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    F: Future<Output = Result<Response<ResBody>, S::Error>>,
+    S: Service<Request<ReplayBody<B>>, Future = F>,
     S::Error: Into<BoxError>,
     B: Send + 'static,
 {
@@ -306,15 +310,15 @@ where
                     tracing::debug!(status = %response.status(), "token refused; refreshing and retrying once");
                     Counters::bump(&core.counters.refusals);
                     state.set(State::Recovering {
-                        response: Some(response),
+                        refusal: Some(Ok(response)),
                         retry,
                     });
                 }
-                StateProj::Recovering { response, retry } => {
+                StateProj::Recovering { refusal, retry } => {
                     match ready!(retry.poll_recover(cx))? {
                         None => {
-                            let response = response.take().expect("polled after completion");
-                            return Poll::Ready(Ok(response));
+                            let refusal = refusal.take().expect("polled after completion");
+                            return Poll::Ready(refusal.map_err(Error::inner));
                         }
                         Some((request, lease)) => {
                             Counters::bump(&retry.core.counters.retries);
@@ -352,10 +356,7 @@ where
     }
 }
 
-impl<S, B> fmt::Debug for ResponseFuture<S, B>
-where
-    S: Service<Request<ReplayBody<B>>>,
-{
+impl<F: Future, S, B> fmt::Debug for ResponseFuture<F, S, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

@@ -104,7 +104,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = Error;
-    type Future = ResponseFuture<S, B>;
+    type Future = ResponseFuture<S::Future, S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // The token first: the inner service is not asked for capacity until we can use it.

@@ -65,7 +65,7 @@ use hyper_util::{
     server::conn::auto,
 };
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, task::JoinSet, time::Instant};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
 
 use crate::{ClientId, Token};
 
@@ -149,10 +149,12 @@ impl FakeBesenderBuilder {
                 failures: VecDeque::new(),
                 tokens: HashMap::new(),
             }),
-            token_calls: AtomicU64::new(0),
+            token_calls: watch::Sender::new(0),
             tokens_issued: AtomicU64::new(0),
-            demo_calls: AtomicU64::new(0),
+            demo_calls: watch::Sender::new(0),
             rejected_demo_calls: AtomicU64::new(0),
+            hold_tokens: watch::Sender::new(false),
+            hold_demo: watch::Sender::new(false),
             seed: RandomState::new(),
         });
         let server = tokio::spawn(serve(listener, Arc::clone(&state)));
@@ -175,10 +177,14 @@ struct FakeState {
     client_id: ClientId,
     client_secret: String,
     control: Mutex<FakeControl>,
-    token_calls: AtomicU64,
+    /// Counts that tests can wait on.
+    token_calls: watch::Sender<u64>,
     tokens_issued: AtomicU64,
-    demo_calls: AtomicU64,
+    demo_calls: watch::Sender<u64>,
     rejected_demo_calls: AtomicU64,
+    /// While `true`, requests are counted, then wait before they are answered.
+    hold_tokens: watch::Sender<bool>,
+    hold_demo: watch::Sender<bool>,
     seed: RandomState,
 }
 
@@ -236,7 +242,7 @@ impl FakeBesender {
 
     /// Requests to the token endpoint so far, failed ones included.
     pub fn token_calls(&self) -> u64 {
-        self.state.token_calls.load(Ordering::SeqCst)
+        *self.state.token_calls.borrow()
     }
 
     /// Tokens issued so far.
@@ -246,7 +252,7 @@ impl FakeBesender {
 
     /// Requests to `/api/demo` so far, refused ones included.
     pub fn demo_calls(&self) -> u64 {
-        self.state.demo_calls.load(Ordering::SeqCst)
+        *self.state.demo_calls.borrow()
     }
 
     /// Requests to `/api/demo` refused with HTTP 401 so far.
@@ -268,6 +274,43 @@ impl FakeBesender {
     /// The lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.state.lock().token_lifetime = lifetime;
+    }
+
+    /// Waits until the token endpoint has received at least `n` requests.
+    pub async fn wait_for_token_calls(&self, n: u64) {
+        let mut calls = self.state.token_calls.subscribe();
+        let _ = calls.wait_for(|calls| *calls >= n).await;
+    }
+
+    /// Waits until `/api/demo` has received at least `n` requests.
+    pub async fn wait_for_demo_calls(&self, n: u64) {
+        let mut calls = self.state.demo_calls.subscribe();
+        let _ = calls.wait_for(|calls| *calls >= n).await;
+    }
+
+    /// Holds token requests: from now on they are counted, then wait unanswered until
+    /// [`release_token_calls`](Self::release_token_calls). For tests of what happens while a
+    /// fetch is running, without timing.
+    pub fn hold_token_calls(&self) {
+        self.state.hold_tokens.send_replace(true);
+    }
+
+    /// Answers held token requests, and stops holding new ones.
+    pub fn release_token_calls(&self) {
+        self.state.hold_tokens.send_replace(false);
+    }
+
+    /// Holds `/api/demo` requests: from now on they are counted, then wait, before their token is
+    /// checked, until [`release_demo_calls`](Self::release_demo_calls). With
+    /// [`wait_for_demo_calls`](Self::wait_for_demo_calls) this puts requests in flight at a
+    /// chosen moment, for example to revoke their token.
+    pub fn hold_demo_calls(&self) {
+        self.state.hold_demo.send_replace(true);
+    }
+
+    /// Lets held `/api/demo` requests go on, and stops holding new ones.
+    pub fn release_demo_calls(&self) {
+        self.state.hold_demo.send_replace(false);
     }
 
     /// Revokes every token issued so far: `/api/demo` refuses them from now on.
@@ -352,7 +395,8 @@ impl FakeState {
     }
 
     async fn token(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        self.token_calls.fetch_add(1, Ordering::SeqCst);
+        self.token_calls.send_modify(|calls| *calls += 1);
+        released(&self.hold_tokens).await;
         let (delay, failure) = {
             let mut control = self.lock();
             (control.delay, control.failures.pop_front())
@@ -456,7 +500,8 @@ impl FakeState {
     }
 
     async fn demo(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        self.demo_calls.fetch_add(1, Ordering::SeqCst);
+        self.demo_calls.send_modify(|calls| *calls += 1);
+        released(&self.hold_demo).await;
         let token = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -490,6 +535,11 @@ impl FakeState {
             Err(_) => bad_request("the request body could not be read"),
         }
     }
+}
+
+/// Waits while `hold` is set.
+async fn released(hold: &watch::Sender<bool>) {
+    let _ = hold.subscribe().wait_for(|held| !held).await;
 }
 
 fn envelope(status: StatusCode, body: Value) -> Response<Full<Bytes>> {

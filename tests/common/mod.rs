@@ -213,3 +213,173 @@ pub async fn refused_addr() -> SocketAddr {
     drop(listener);
     addr
 }
+
+/// A request as [`AuthServer`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub authorization: Option<String>,
+    pub body_hash: u64,
+    pub body_len: usize,
+}
+
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes)
+}
+
+/// A business API on 127.0.0.1 that reads every request body in full, records it, and refuses
+/// the bearer tokens it is told to (HTTP 401, `Bearer error="invalid_token"`); otherwise it
+/// echoes the body.
+pub struct AuthServer {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    refused: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl AuthServer {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (log, deny) = (Arc::clone(&seen), Arc::clone(&refused));
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (log, deny) = (Arc::clone(&log), Arc::clone(&deny));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let (log, deny) = (Arc::clone(&log), Arc::clone(&deny));
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let authorization = parts
+                                .headers
+                                .get(http::header::AUTHORIZATION)
+                                .map(|v| v.to_str().unwrap().to_owned());
+                            log.lock().unwrap().push(Seen {
+                                authorization: authorization.clone(),
+                                body_hash: hash_bytes(&body),
+                                body_len: body.len(),
+                            });
+                            let refused = match &authorization {
+                                None => true,
+                                Some(a) => deny
+                                    .lock()
+                                    .unwrap()
+                                    .iter()
+                                    .any(|t| a == &format!("Bearer {t}")),
+                            };
+                            let mut response = if refused {
+                                let mut r = Response::new(Chunks {
+                                    chunks: VecDeque::new(),
+                                    exact: true,
+                                });
+                                *r.status_mut() = StatusCode::UNAUTHORIZED;
+                                r.headers_mut().insert(
+                                    http::header::WWW_AUTHENTICATE,
+                                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                                );
+                                r
+                            } else {
+                                Response::new(Chunks {
+                                    chunks: VecDeque::from([body]),
+                                    exact: true,
+                                })
+                            };
+                            response
+                                .headers_mut()
+                                .insert("x-served-by", HeaderValue::from_static("auth-server"));
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            seen,
+            refused,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    /// Refuses `token` from now on.
+    pub fn refuse(&self, token: &str) {
+        self.refused.lock().unwrap().push(token.to_owned());
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A boxed request body. Its error is a concrete type, not `Box<dyn Error>`: a `dyn` type in a
+/// body type parameter makes `tokio::spawn(async { client.oneshot(req).await })` fail to
+/// compile with any Tower HTTP client ("implementation of `Service` is not general enough",
+/// rust-lang/rust#64552), ours or not.
+pub type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub fn full_body(bytes: impl Into<Bytes>) -> TestBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A streaming body of `len` bytes (unknown size up front) sent in 4 KiB chunks by a task, which
+/// sends the first chunk, then awaits `after_first` before sending the rest. Returns the body
+/// and the bytes it carries.
+pub fn streaming_body(
+    len: usize,
+    after_first: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (TestBody, Bytes) {
+    let content: Bytes = (0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(2);
+    let chunks: Vec<Bytes> = content.chunks(4096).map(Bytes::copy_from_slice).collect();
+    tokio::spawn(async move {
+        let mut chunks = chunks.into_iter();
+        if let Some(first) = chunks.next() {
+            if tx.send_data(first).await.is_err() {
+                return;
+            }
+        }
+        after_first.await;
+        for chunk in chunks {
+            if tx.send_data(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    (body.map_err(|e| match e {}).boxed_unsync(), content)
+}
+
+/// A hyper-util legacy client over plain TCP, HTTP/1.1 or HTTP/2 with prior knowledge (h2c).
+pub fn hyper_client<B>(
+    h2: bool,
+) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http()
+}

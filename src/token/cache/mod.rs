@@ -73,7 +73,8 @@ impl fmt::Debug for Lease {
 }
 
 /// A future that resolves when the running fetch finishes.
-pub(crate) type LeaseFuture = Pin<Box<dyn Future<Output = Result<Lease, TokenError>> + Send>>;
+pub(crate) type LeaseFuture =
+    Pin<Box<dyn Future<Output = Result<Lease, TokenError>> + Send + Sync>>;
 
 /// What [`TokenCache::acquire`] found.
 pub(crate) enum Acquire {
