@@ -1,0 +1,139 @@
+//! `poll_ready` waits for the token before it asks the inner service for capacity.
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    future::{Ready, ready},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use besender_auth::{BesenderAuthLayer, ReplayBody, Token};
+use bytes::Bytes;
+use common::source::TestSource;
+use http::{Request, Response};
+use http_body_util::Empty;
+use tokio::time::{Instant, advance};
+use tower::{Service, ServiceBuilder, ServiceExt, buffer::Buffer};
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// An always-ready service that counts how often it is polled and called.
+#[derive(Clone, Default)]
+struct Counting {
+    polls: Arc<AtomicU64>,
+    calls: Arc<AtomicU64>,
+}
+
+impl Service<Request<ReplayBody<Empty<Bytes>>>> for Counting {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: Request<ReplayBody<Empty<Bytes>>>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        ready(Ok(Response::new(())))
+    }
+}
+
+fn request() -> Request<Empty<Bytes>> {
+    Request::get("http://127.0.0.1/")
+        .body(Empty::new())
+        .unwrap()
+}
+
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_limit_is_not_polled_until_the_token_is_there() {
+    let source = TestSource::new(DAY, Duration::from_secs(5));
+    let inner = Counting::default();
+    let service = ServiceBuilder::new()
+        .layer(BesenderAuthLayer::new(source.source()))
+        .concurrency_limit(1)
+        .service(inner.clone());
+    let caller = tokio::spawn(async move { service.oneshot(request()).await });
+
+    advance(Duration::from_secs(4)).await;
+    settle().await;
+    assert_eq!(source.in_flight(), 1, "the token fetch is running");
+    assert_eq!(
+        inner.polls.load(Ordering::SeqCst),
+        0,
+        "no permit taken while fetching"
+    );
+
+    advance(Duration::from_secs(1)).await;
+    caller.await.unwrap().unwrap();
+    assert_eq!(inner.polls.load(Ordering::SeqCst), 1);
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_for_a_token_holds_no_buffer_slot() {
+    let inner = Counting::default();
+    // One slot, shared by two authenticated clients with different token sources.
+    let buffer = Buffer::new(inner.clone(), 1);
+    let slow = TestSource::new(DAY, Duration::from_secs(20));
+    let slow_client = ServiceBuilder::new()
+        .layer(BesenderAuthLayer::new(slow.source()))
+        .service(buffer.clone());
+    let fast_client = ServiceBuilder::new()
+        .layer(BesenderAuthLayer::new(Token::bearer("fast", DAY)))
+        .service(buffer);
+
+    let waiting = tokio::spawn(async move { slow_client.oneshot(request()).await });
+    settle().await;
+    assert_eq!(slow.in_flight(), 1);
+
+    let start = Instant::now();
+    for _ in 0..3 {
+        fast_client.clone().oneshot(request()).await.unwrap();
+    }
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "the fast client never waited for a slot"
+    );
+    assert!(!waiting.is_finished());
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+
+    waiting.await.unwrap().unwrap();
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_of_the_service_share_one_cache() {
+    let source = TestSource::new(DAY, Duration::from_millis(10));
+    let layer = BesenderAuthLayer::new(source.source());
+    let a = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(Counting::default());
+    let b = ServiceBuilder::new()
+        .layer(layer)
+        .service(Counting::default());
+    let callers: Vec<_> = (0..50)
+        .map(|i| {
+            let service = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { service.oneshot(request()).await })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap().unwrap();
+    }
+    assert_eq!(source.calls(), 1);
+}
