@@ -1,18 +1,19 @@
 //! The crate end to end against a fake Besender server on 127.0.0.1.
 //!
-//! Run with `cargo run --example quickstart`.
+//! Run with `cargo run --example quickstart`. It starts `FakeBesender` (a real HTTP server that
+//! speaks Besender's protocol), puts `BesenderAuthLayer` in front of a hyper-util client, calls
+//! the protected `/api/demo`, then has the server revoke the token and shows the layer refresh
+//! it and retry the call transparently. It never prints a token.
 
-use std::time::Duration;
-
-use besender_auth::{BesenderTokenSource, TokenSource, testing::FakeBesender};
+use besender_auth::{BesenderAuthLayer, BesenderTokenSource, testing::FakeBesender};
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // A real HTTP server that speaks Besender's protocol, on a free loopback port.
     let fake = FakeBesender::start().await?;
     println!("fake Besender listening on {}", fake.base_url());
 
@@ -20,30 +21,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = BesenderTokenSource::builder(fake.base_url())
         .client_id(fake.client_id())
         .client_secret(fake.client_secret())
-        .timeout(Duration::from_secs(5))
         .build()?;
     println!("token source: {source:?}");
-    let token = source.fetch().await?;
-    println!("got a token: {token:?}");
 
-    // A business call with `Authorization: Bearer <token>`.
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = Request::post(fake.demo_url())
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(
-            header::AUTHORIZATION,
-            token.header_value().expect("checked").clone(),
-        )
-        .body(Full::new(Bytes::from_static(
-            br#"{"code": "test", "name": "demo"}"#,
-        )))?;
-    let response = client.request(request).await?;
+    // Any Tower HTTP client; here hyper-util's, as most Rust HTTP stacks use.
+    let layer = BesenderAuthLayer::new(source);
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(Client::builder(TokioExecutor::new()).build_http());
+
+    let call = |body: &'static str| {
+        let request = Request::post(fake.demo_url())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("a valid request");
+        client.clone().oneshot(request)
+    };
+
+    let response = call(r#"{"code": "test", "name": "first call"}"#).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     println!(
         "POST /api/demo -> {status}: {}",
         String::from_utf8_lossy(&body)
     );
-    println!("token calls made: {}", fake.token_calls());
+    println!("token calls so far: {}", fake.token_calls());
+
+    // The platform revokes every token; the next call is refused with 401, and the layer
+    // refreshes the token and sends the call again, once, with the same body.
+    fake.revoke_all();
+    println!("the server revoked the token");
+    let response = call(r#"{"code": "test", "name": "after revocation"}"#).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    println!(
+        "POST /api/demo -> {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let stats = layer.stats();
+    println!(
+        "token calls: {}, refusals: {}, transparent retries: {} (succeeded: {})",
+        fake.token_calls(),
+        stats.refusals,
+        stats.retries,
+        stats.successful_retries
+    );
+    println!("cache: {:?}", layer.cache().stats());
     Ok(())
 }

@@ -116,7 +116,7 @@ impl<'a> Parser<'a> {
     fn token(&mut self) -> Option<&'a str> {
         let end = self
             .rest
-            .find(|c: char| matches!(c, ' ' | '\t' | ',' | '=' | '"'))
+            .find([' ', '\t', ',', '=', '"'])
             .unwrap_or(self.rest.len());
         if end == 0 {
             // A stray delimiter: step over it so the parser always advances.

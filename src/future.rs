@@ -80,7 +80,12 @@ pub(crate) struct Retry<S, B> {
     step: Step<B>,
 }
 
+/// The retry as it will be sent: the request, and the token it carries.
+type RetryRequest<B> = (Request<ReplayBody<B>>, Lease);
+
 /// Where the recovery is.
+// It lives inside the boxed `Retry`, so the size of its largest variant costs nothing per call.
+#[allow(clippy::large_enum_variant)]
 enum Step<B> {
     /// Not started: nothing is done unless the first attempt is refused.
     Idle,
@@ -92,7 +97,7 @@ enum Step<B> {
         wait: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
     },
     /// Waiting for the fresh clone of the inner service to be ready.
-    Ready(Option<(Request<ReplayBody<B>>, Lease)>),
+    Ready(Option<RetryRequest<B>>),
 }
 
 impl<F: Future, S, B> ResponseFuture<F, S, B> {
@@ -151,7 +156,7 @@ where
     fn poll_recover(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<(Request<ReplayBody<B>>, Lease)>, Error>> {
+    ) -> Poll<Result<Option<RetryRequest<B>>, Error>> {
         loop {
             match &mut self.step {
                 Step::Idle => {
@@ -237,11 +242,7 @@ where
 
     /// The body for the retry, if the first attempt let go of it; otherwise counts a refused
     /// replay. `refused`: the body is known not to be replayable.
-    fn take_body(
-        &mut self,
-        lease: Lease,
-        refused: bool,
-    ) -> Option<(Request<ReplayBody<B>>, Lease)> {
+    fn take_body(&mut self, lease: Lease, refused: bool) -> Option<RetryRequest<B>> {
         if !refused {
             if let Take::Ready(body) = self.replay.take() {
                 return Some(self.request(lease, body));
@@ -253,7 +254,7 @@ where
     }
 
     /// The retry: the kept request parts with the fresh token, and the replayed body.
-    fn request(&self, lease: Lease, body: ReplayBody<B>) -> (Request<ReplayBody<B>>, Lease) {
+    fn request(&self, lease: Lease, body: ReplayBody<B>) -> RetryRequest<B> {
         let mut parts = self.parts.clone();
         parts
             .headers

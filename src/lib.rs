@@ -3,32 +3,75 @@
 //! Besender authenticates API calls with OAuth 2.0 client credentials: `POST
 //! /open/api/v1/access_token` with the client ID and secret returns an access token (24 h by
 //! default), and every business call carries `Authorization: Bearer <access_token>`.
+//! [`BesenderAuthLayer`] does all of it for any Tower HTTP client: it fetches the token once for
+//! every caller, refreshes it before it expires, stamps it on each request, and when the server
+//! refuses the token (HTTP 401, gRPC `UNAUTHENTICATED`) refreshes it and sends the request again,
+//! once, body included.
 //!
 //! ```
-//! use std::time::Duration;
-//! use besender_auth::{BesenderTokenSource, TokenCache, TokenSource};
-//! use besender_auth::testing::FakeBesender;
+//! use besender_auth::{BesenderAuthLayer, BesenderTokenSource, testing::FakeBesender};
+//! use bytes::Bytes;
+//! use http::Request;
+//! use http_body_util::Full;
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // A real Besender-compatible server on 127.0.0.1, for tests and examples.
-//! let fake = FakeBesender::start().await?;
-//!
-//! let source = BesenderTokenSource::builder(fake.base_url())
-//!     .client_id(fake.client_id())
-//!     .client_secret(fake.client_secret())
+//! # let fake = FakeBesender::start().await?; // a real Besender-compatible server on 127.0.0.1
+//! # let (base_url, demo_url) = (fake.base_url(), fake.demo_url());
+//! # let (client_id, client_secret) = (fake.client_id(), fake.client_secret());
+//! let source = BesenderTokenSource::builder(base_url)
+//!     .client_id(client_id)          // e.g. 19: sent as a JSON number; "abc": as a string
+//!     .client_secret(client_secret)
 //!     .build()?;
-//! let cache = TokenCache::new(source);
-//! let token = cache.get().await?;
-//! assert_eq!(token.token_type(), "Bearer");
-//! assert!(token.remaining() > Duration::from_secs(23 * 3600));
-//! assert_eq!(fake.token_calls(), 1);
+//! let client = ServiceBuilder::new()
+//!     .layer(BesenderAuthLayer::new(source))
+//!     .service(Client::builder(TokioExecutor::new()).build_http());
+//!
+//! let request = Request::post(demo_url).body(Full::new(Bytes::from_static(b"{}")))?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
 //! # Ok(()) }
+//! ```
+//!
+//! # How it behaves
+//! - **Waiting in `poll_ready`.** A request waits for a token before the inner service is asked
+//!   for capacity, so no `Buffer` slot or concurrency permit is held during a fetch.
+//! - **One token for everyone.** Clones of the layer and of its services share one
+//!   [`TokenCache`]: reading a valid token takes no lock; a cold or expired cache runs exactly one
+//!   fetch, on its own task; refreshes start ahead of expiry, in the background; outages back off
+//!   and never evict a valid token. See [`TokenCache`].
+//! - **One transparent retry.** A refusal ([`classify`]) invalidates exactly the refused token,
+//!   gets a fresh one and retries once on a fresh clone of the inner service, replaying the body
+//!   ([`ReplayBody`], up to 64 KiB). If the fresh token is the same or the body cannot be
+//!   replayed, the original response is returned.
+//! - **Secrets stay secret.** The client secret and tokens never appear in `Debug`, `Display`,
+//!   errors or logs; the header is marked sensitive.
+//!
+//! # tonic
+//! tonic's `Channel` takes its own body type: convert under the layer.
+//!
+//! ```no_run
+//! use besender_auth::{BesenderAuthLayer, ReplayBody, Token};
+//! use tower::ServiceBuilder;
+//!
+//! # async fn run(channel: tonic::transport::Channel, layer: BesenderAuthLayer) {
+//! let stack = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .map_request(|request: http::Request<ReplayBody<tonic::body::Body>>| {
+//!         request.map(tonic::body::Body::new)
+//!     })
+//!     .service(channel);
+//! let grpc = tonic::client::Grpc::new(stack); // or YourServiceClient::new(stack)
+//! # }
 //! ```
 //!
 //! # Modules
 //! - [`Token`] and [`TokenSource`]: what a token is and where it comes from;
 //!   [`BesenderTokenSource`] is Besender's token call.
 //! - [`TokenCache`]: one token for every caller, fetched once, refreshed ahead of expiry.
+//! - [`BesenderAuthLayer`], [`BesenderAuth`], [`ResponseFuture`]: the middleware.
+//! - [`classify`]: what counts as a refusal. [`ReplayBody`]: the replayable request body.
 //! - [`testing`] (feature `test-util`): [`FakeBesender`](testing::FakeBesender).
 
 #![forbid(unsafe_code)]

@@ -29,7 +29,15 @@ use tokio::sync::Notify;
 
 use crate::error::BoxError;
 
-/// A request body that the layer can replay once; see the [module documentation](self).
+/// A request body that the layer can replay once.
+///
+/// The first attempt streams the caller's body as usual; as its frames pass through they are
+/// kept (as `Bytes`, so nothing is copied) up to a cap (64 KiB by default). A retry replays the
+/// kept frames, then streams whatever the first attempt had not read yet, then the trailers.
+/// Past the cap the kept frames are freed and the refusal is returned instead of a retry; a body
+/// whose size hint already exceeds the cap is never buffered. If the server answered before the
+/// first attempt finished sending, the retry waits (bounded) for the first attempt to let go of
+/// the body; it never polls a body the other attempt still holds.
 ///
 /// This is the body type the inner service receives. Its data is `Bytes` and its error a
 /// [`BoxError`], so it fits hyper-util's client and, through `tonic::body::Body::new` or

@@ -260,7 +260,7 @@ async fn persistent_refusal_costs_at_most_one_fetch_per_interval() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_source_times_out_instead_of_hanging_callers() {
-    let cache = TokenCache::builder(|| std::future::pending::<Result<Token, SourceDown>>())
+    let cache = TokenCache::builder(std::future::pending::<Result<Token, SourceDown>>)
         .fetch_timeout(Duration::from_secs(7))
         .build();
     let start = Instant::now();

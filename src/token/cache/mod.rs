@@ -1,40 +1,4 @@
 //! `TokenCache`: one token shared by every caller, fetched once, refreshed ahead of expiry.
-//!
-//! ```
-//! use std::time::Duration;
-//! use besender_auth::{Token, TokenCache};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let cache = TokenCache::new(|| async {
-//!     Ok::<_, std::io::Error>(Token::bearer("t0k3n", Duration::from_secs(3600)))
-//! });
-//! let first = cache.get().await.unwrap();
-//! let again = cache.get().await.unwrap();
-//! assert!(first.same_token(&again)); // one fetch, shared
-//! assert_eq!(cache.stats().fetches, 1);
-//! # }
-//! ```
-//!
-//! # How it behaves
-//! - **Hot path.** While a valid token is cached, [`get`](TokenCache::get) and the layer's read
-//!   take no lock, allocate nothing and await nothing: one atomic load and a per-thread copy of
-//!   the header value (so threads do not contend on one reference count).
-//! - **Single flight.** When no valid token is cached, exactly one fetch runs, on a task of its
-//!   own; every caller awaits that fetch. Dropping a caller, the one that started the fetch
-//!   included, neither cancels it nor starts another.
-//! - **Refresh ahead.** Inside a window before expiry (by default the last 10% of the lifetime,
-//!   at least 60 s, at most half the lifetime, moved earlier by up to half the window of random
-//!   jitter) the first caller starts one background refresh; every caller keeps the current
-//!   token and nobody waits.
-//! - **Outages.** A failed refresh never evicts a valid token. Consecutive failures back off
-//!   exponentially with jitter (1 s doubling to 30 s). With no valid token at all, callers get the
-//!   last error at once until the next attempt is due, instead of one fetch each.
-//! - **Invalidation by identity.** [`invalidate`](TokenCache::invalidate) evicts a token only if
-//!   it is the one cached now, and forces a refresh. Forced refreshes are limited to one per
-//!   minimum interval (5 s), so a refusal no new token can fix cannot loop; the first refusal of
-//!   a token from a normal fetch always gets its refresh.
-//!
-//! All timing uses Tokio's clock, so tests can use `#[tokio::test(start_paused = true)]`.
 
 mod intern;
 mod local;
@@ -48,9 +12,47 @@ use self::state::{Lookup, Shared};
 use super::{Token, TokenSource};
 use crate::error::TokenError;
 
-/// A cheap handle to a shared token cache; clones share one cache.
+/// One token shared by every caller, fetched once, refreshed ahead of expiry. A cheap handle:
+/// clones share one cache.
 ///
-/// See the [module documentation](self) for its behaviour.
+/// ```
+/// use std::time::Duration;
+/// use besender_auth::{Token, TokenCache};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cache = TokenCache::new(|| async {
+///     Ok::<_, std::io::Error>(Token::bearer("t0k3n", Duration::from_secs(3600)))
+/// });
+/// let first = cache.get().await.unwrap();
+/// let again = cache.get().await.unwrap();
+/// assert!(first.same_token(&again)); // one fetch, shared
+/// assert_eq!(cache.stats().fetches, 1);
+/// # }
+/// ```
+///
+/// # How it behaves
+/// - **Hot path.** While a valid token is cached, the layer's read
+///   ([`cached_header`](TokenCache::cached_header)) takes no lock, allocates nothing, awaits
+///   nothing and writes no memory shared between threads: one atomic load, then a clone of this
+///   thread's copy of the header value, itself backed by never-freed bytes while a per-process
+///   budget lasts (so the clone bumps no reference count). [`get`](TokenCache::get) is as
+///   lock-free but clones the [`Token`] (one shared reference count).
+/// - **Single flight.** When no valid token is cached, exactly one fetch runs, on a task of its
+///   own; every caller awaits that fetch. Dropping a caller, the one that started the fetch
+///   included, neither cancels it nor starts another.
+/// - **Refresh ahead.** Inside a window before expiry (by default the last 10% of the lifetime,
+///   at least 60 s, at most half the lifetime, moved earlier by up to half the window of random
+///   jitter) the first caller starts one background refresh; every caller keeps the current
+///   token and nobody waits.
+/// - **Outages.** A failed refresh never evicts a valid token. Consecutive failures back off
+///   exponentially with jitter (1 s doubling to 30 s). With no valid token at all, callers get the
+///   last error at once until the next attempt is due, instead of one fetch each.
+/// - **Invalidation by identity.** [`invalidate`](TokenCache::invalidate) evicts a token only if
+///   it is the one cached now, and forces a refresh. Forced refreshes are limited to one per
+///   minimum interval (5 s), so a refusal no new token can fix cannot loop; the first refusal of
+///   a token from a normal fetch always gets its refresh.
+///
+/// All timing uses Tokio's clock, so tests can use `#[tokio::test(start_paused = true)]`.
 #[derive(Clone)]
 pub struct TokenCache {
     shared: Arc<Shared>,
