@@ -11,7 +11,9 @@
 //! Supply your own [`ClassifyRefusal`] (any `Fn(StatusCode, &HeaderMap) -> bool` is one) for an
 //! API that signals refusal differently.
 
-use http::{HeaderMap, StatusCode, header::WWW_AUTHENTICATE};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, Response, StatusCode, header::WWW_AUTHENTICATE};
 
 /// Decides whether a response means the server refused the access token, so that refreshing
 /// it and retrying once may help.
@@ -45,9 +47,12 @@ pub struct DefaultClassifier;
 /// gRPC's `UNAUTHENTICATED`.
 const GRPC_UNAUTHENTICATED: &[u8] = b"16";
 
+/// A ready name, so that looking it up does not parse a string on every response.
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 impl ClassifyRefusal for DefaultClassifier {
     fn is_refusal(&self, status: StatusCode, headers: &HeaderMap) -> bool {
-        if let Some(grpc_status) = headers.get("grpc-status") {
+        if let Some(grpc_status) = headers.get(&GRPC_STATUS) {
             return grpc_status.as_bytes().trim_ascii() == GRPC_UNAUTHENTICATED;
         }
         if status != StatusCode::UNAUTHORIZED {
@@ -65,6 +70,23 @@ impl ClassifyRefusal for DefaultClassifier {
             }
         }
         !hopeless
+    }
+}
+
+/// The layer's classifier: the default one is matched statically, so it costs no indirect call.
+#[derive(Clone)]
+pub(crate) enum Classifier {
+    Default,
+    Custom(Arc<dyn ClassifyRefusal>),
+}
+
+impl Classifier {
+    pub(crate) fn is_refusal<B>(&self, response: &Response<B>) -> bool {
+        let (status, headers) = (response.status(), response.headers());
+        match self {
+            Classifier::Default => DefaultClassifier.is_refusal(status, headers),
+            Classifier::Custom(custom) => custom.is_refusal(status, headers),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response, request::Parts};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -57,14 +57,14 @@ pin_project! {
         /// No request was sent.
         Failed { error: Option<Error> },
         /// A request that will not be retried; a refusal still invalidates its token.
-        Unretried { #[pin] future: F, lease: Lease, core: Arc<Core> },
+        Unretried { #[pin] future: F, generation: u64, core: Arc<Core> },
         /// The first attempt of a request that may be retried.
-        First { #[pin] future: F, retry: Option<Box<Retry<S, B>>> },
+        First { #[pin] future: F, retry: Option<Retry<S, B>> },
         /// The first attempt was refused; getting everything ready for the retry. Holds the
         /// refusal (always `Ok`), returned if no retry is possible.
-        Recovering { refusal: Option<F::Output>, retry: Box<Retry<S, B>> },
+        Recovering { refusal: Option<F::Output>, retry: Retry<S, B> },
         /// The one retry, with the token it carries.
-        Retrying { #[pin] future: F, lease: Lease, core: Arc<Core> },
+        Retrying { #[pin] future: F, generation: u64, core: Arc<Core> },
     }
 }
 
@@ -72,7 +72,7 @@ pin_project! {
 pub(crate) struct Retry<S, B> {
     /// A fresh clone of the inner service, not yet ready.
     service: S,
-    parts: Parts,
+    /// The request head and body to send again.
     replay: Replay<B>,
     /// The token the first attempt carried.
     refused: Lease,
@@ -84,8 +84,6 @@ pub(crate) struct Retry<S, B> {
 type RetryRequest<B> = (Request<ReplayBody<B>>, Lease);
 
 /// Where the recovery is.
-// It lives inside the boxed `Retry`, so the size of its largest variant costs nothing per call.
-#[allow(clippy::large_enum_variant)]
 enum Step<B> {
     /// Not started: nothing is done unless the first attempt is refused.
     Idle,
@@ -97,7 +95,8 @@ enum Step<B> {
         wait: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
     },
     /// Waiting for the fresh clone of the inner service to be ready.
-    Ready(Option<RetryRequest<B>>),
+    /// Boxed: built only on the refusal path, and it keeps every response future small.
+    Ready(Option<Box<RetryRequest<B>>>),
 }
 
 impl<F: Future, S, B> ResponseFuture<F, S, B> {
@@ -107,11 +106,11 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
         }
     }
 
-    pub(crate) fn unretried(future: F, lease: Lease, core: Arc<Core>) -> Self {
+    pub(crate) fn unretried(future: F, generation: u64, core: Arc<Core>) -> Self {
         Self {
             state: State::Unretried {
                 future,
-                lease,
+                generation,
                 core,
             },
         }
@@ -121,23 +120,16 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
         Self {
             state: State::First {
                 future,
-                retry: Some(Box::new(retry)),
+                retry: Some(retry),
             },
         }
     }
 }
 
 impl<S, B> Retry<S, B> {
-    pub(crate) fn new(
-        service: S,
-        parts: Parts,
-        replay: Replay<B>,
-        refused: Lease,
-        core: Arc<Core>,
-    ) -> Self {
+    pub(crate) fn new(service: S, replay: Replay<B>, refused: Lease, core: Arc<Core>) -> Self {
         Self {
             service,
-            parts,
             replay,
             refused,
             core,
@@ -161,7 +153,7 @@ where
             match &mut self.step {
                 Step::Idle => {
                     let cache = &self.core.cache;
-                    cache.invalidate_lease(&self.refused);
+                    cache.invalidate_generation(self.refused.generation);
                     let fresh = match cache.acquire() {
                         Acquire::Ready(lease) => Ok(lease),
                         Acquire::Failed(err) => Err(err),
@@ -198,9 +190,10 @@ where
                 Step::Body { lease, wait: None } => {
                     let lease = lease.clone();
                     match self.replay.take() {
-                        Take::Ready(body) => {
-                            self.step = Step::Ready(Some(self.request(lease, body)));
-                        }
+                        Take::Ready(body) => match self.request(lease, body) {
+                            Some(retry) => self.step = Step::Ready(Some(Box::new(retry))),
+                            None => return Poll::Ready(Ok(None)),
+                        },
                         Take::Held => {
                             // The server answered before the first attempt finished sending.
                             let released = self.replay.released();
@@ -216,7 +209,7 @@ where
                 Step::Ready(request) => {
                     ready!(self.service.poll_ready(cx)).map_err(Error::inner)?;
                     let retry = request.take().expect("a request is sent only once");
-                    return Poll::Ready(Ok(Some(retry)));
+                    return Poll::Ready(Ok(Some(*retry)));
                 }
             }
         }
@@ -245,7 +238,7 @@ where
     fn take_body(&mut self, lease: Lease, refused: bool) -> Option<RetryRequest<B>> {
         if !refused {
             if let Take::Ready(body) = self.replay.take() {
-                return Some(self.request(lease, body));
+                return self.request(lease, body);
             }
         }
         tracing::debug!("refused request not retried: its body cannot be replayed");
@@ -253,13 +246,14 @@ where
         None
     }
 
-    /// The retry: the kept request parts with the fresh token, and the replayed body.
-    fn request(&self, lease: Lease, body: ReplayBody<B>) -> RetryRequest<B> {
-        let mut parts = self.parts.clone();
+    /// The retry: the kept request head with the fresh token, and the replayed body; `None` if
+    /// the head does not rebuild.
+    fn request(&self, lease: Lease, body: ReplayBody<B>) -> Option<RetryRequest<B>> {
+        let mut parts = self.replay.head().to_parts()?;
         parts
             .headers
             .insert(http::header::AUTHORIZATION, lease.header.clone());
-        (Request::from_parts(parts, body), lease)
+        Some((Request::from_parts(parts, body), lease))
     }
 }
 
@@ -285,16 +279,13 @@ where
                 }
                 StateProj::Unretried {
                     future,
-                    lease,
+                    generation,
                     core,
                 } => {
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
-                    if core
-                        .classifier
-                        .is_refusal(response.status(), response.headers())
-                    {
+                    if core.classifier.is_refusal(&response) {
                         Counters::bump(&core.counters.refusals);
-                        core.cache.invalidate_lease(lease);
+                        core.cache.invalidate_generation(*generation);
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -302,10 +293,7 @@ where
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
                     let retry = retry.take().expect("polled after completion");
                     let core = &retry.core;
-                    if !core
-                        .classifier
-                        .is_refusal(response.status(), response.headers())
-                    {
+                    if !core.classifier.is_refusal(&response) {
                         return Poll::Ready(Ok(response));
                     }
                     tracing::debug!(status = %response.status(), "token refused; refreshing and retrying once");
@@ -328,7 +316,7 @@ where
                             // Drops the refused response and what the retry no longer needs.
                             state.set(State::Retrying {
                                 future,
-                                lease,
+                                generation: lease.generation,
                                 core,
                             });
                         }
@@ -336,17 +324,14 @@ where
                 }
                 StateProj::Retrying {
                     future,
-                    lease,
+                    generation,
                     core,
                 } => {
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
-                    if core
-                        .classifier
-                        .is_refusal(response.status(), response.headers())
-                    {
+                    if core.classifier.is_refusal(&response) {
                         // Never a second retry; the cache rate-limits the refresh this asks for.
                         Counters::bump(&core.counters.refusals);
-                        core.cache.invalidate_lease(lease);
+                        core.cache.invalidate_generation(*generation);
                     } else {
                         Counters::bump(&core.counters.successful_retries);
                     }

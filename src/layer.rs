@@ -13,7 +13,7 @@ use tower_layer::Layer;
 
 use crate::{
     BesenderAuth,
-    classify::{ClassifyRefusal, DefaultClassifier},
+    classify::{Classifier, ClassifyRefusal},
     token::{TokenCache, TokenSource},
 };
 
@@ -30,7 +30,7 @@ pub struct BesenderAuthLayer {
     retry: bool,
     max_replay_bytes: usize,
     replay_wait: Duration,
-    classifier: Arc<dyn ClassifyRefusal>,
+    classifier: Classifier,
     counters: Arc<Counters>,
 }
 
@@ -40,7 +40,7 @@ pub(crate) struct Core {
     pub(crate) retry: bool,
     pub(crate) max_replay_bytes: usize,
     pub(crate) replay_wait: Duration,
-    pub(crate) classifier: Arc<dyn ClassifyRefusal>,
+    pub(crate) classifier: Classifier,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -93,7 +93,7 @@ impl BesenderAuthLayer {
             retry: true,
             max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
             replay_wait: DEFAULT_REPLAY_WAIT,
-            classifier: Arc::new(DefaultClassifier),
+            classifier: Classifier::Default,
             counters: Arc::default(),
         }
     }
@@ -123,7 +123,7 @@ impl BesenderAuthLayer {
 
     /// How refusals are recognized. Default: [`DefaultClassifier`].
     pub fn classifier(mut self, classifier: impl ClassifyRefusal) -> Self {
-        self.classifier = Arc::new(classifier);
+        self.classifier = Classifier::Custom(Arc::new(classifier));
         self
     }
 
@@ -157,7 +157,7 @@ impl<S> Layer<S> for BesenderAuthLayer {
                 retry: self.retry,
                 max_replay_bytes: self.max_replay_bytes,
                 replay_wait: self.replay_wait,
-                classifier: Arc::clone(&self.classifier),
+                classifier: self.classifier.clone(),
                 counters: Arc::clone(&self.counters),
             }),
         )

@@ -81,6 +81,7 @@
 pub mod classify;
 mod error;
 mod future;
+mod head;
 mod layer;
 mod replay;
 mod service;

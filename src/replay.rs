@@ -7,27 +7,30 @@
 //! already exceeds the cap is never buffered at all, and a body known to be empty needs no buffer.
 //!
 //! # Shared state
-//! The two attempts share one [`BodyState`]: the kept frames, the trailers, and the unread rest of
-//! the caller's body. Exactly one attempt holds it at a time: an attempt takes it on its first
-//! poll (so polling needs no lock per frame) and puts it back when dropped. A retry is only made
-//! once the first attempt has put it back ([`Replay::take`]); if the first attempt still holds
-//! it (a server that answered before reading the whole body), the retry waits for it, bounded by
-//! a timeout, and otherwise the original response is returned. A body polled while the other
-//! attempt holds the state yields an error rather than a panic or a corrupt stream.
+//! A [`Replay`] (held by the response future) and the attempt bodies share one allocation: the
+//! retry's copy of the request head ([`RequestHead`]), and a [`BodyState`] behind a lock: the kept frames, the
+//! trailers, and the unread rest of the caller's body. At most one attempt streams at a time:
+//! `in_use` is set while an attempt body exists, and cleared (with a wake-up) when it is dropped.
+//! The retry's body is only made once the first attempt's body is gone ([`Replay::take`]); if
+//! the server answered before the first attempt finished sending, the retry waits for it,
+//! bounded, and otherwise the original response is returned. Polling is therefore never
+//! contended; the lock is taken per frame because that costs far less than the frame's I/O and
+//! keeps every attempt body small.
 
 use std::{
     fmt,
+    future::Future,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
 };
 
 use bytes::{Buf, Bytes};
-use http::HeaderMap;
+use http::{HeaderMap, request::Parts};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 
-use crate::error::BoxError;
+use crate::{error::BoxError, head::RequestHead};
 
 /// A request body that the layer can replay once.
 ///
@@ -37,7 +40,7 @@ use crate::error::BoxError;
 /// Past the cap the kept frames are freed and the refusal is returned instead of a retry; a body
 /// whose size hint already exceeds the cap is never buffered. If the server answered before the
 /// first attempt finished sending, the retry waits (bounded) for the first attempt to let go of
-/// the body; it never polls a body the other attempt still holds.
+/// the body; two attempts never stream it at once.
 ///
 /// This is the body type the inner service receives. Its data is `Bytes` and its error a
 /// [`BoxError`], so it fits hyper-util's client and, through `tonic::body::Body::new` or
@@ -57,21 +60,21 @@ enum Kind<B> {
 
 struct Attempt<B> {
     shared: Arc<Shared<B>>,
-    /// Held while this attempt streams; returned to `shared` on drop.
-    state: Option<BodyState<B>>,
-    /// Frames of `state.kept` this attempt has already sent.
+    /// Frames of `kept` this attempt has sent.
     sent_frames: usize,
     sent_trailers: bool,
     /// Only the first attempt keeps frames; nothing follows the retry.
     keeps_frames: bool,
-    hint: SizeHint,
 }
 
 struct Shared<B> {
-    state: Mutex<Option<BodyState<B>>>,
-    /// Signalled when an attempt puts the state back.
-    released: Notify,
+    /// The request head for the retry (its `Authorization` is replaced then).
+    head: RequestHead,
     cap: usize,
+    empty: bool,
+    body: Mutex<BodyState<B>>,
+    /// Signalled when an attempt body is dropped.
+    released: Notify,
 }
 
 struct BodyState<B> {
@@ -84,13 +87,13 @@ struct BodyState<B> {
     over_cap: bool,
     /// The caller's body failed: replay is impossible.
     failed: bool,
+    /// An attempt body exists.
+    in_use: bool,
 }
 
-/// The retry's handle on a replayable body.
+/// The retry's handle on a replayable request: its head and its body.
 pub(crate) struct Replay<B> {
-    /// `None` for a body known to be empty: there is nothing to share.
-    shared: Option<Arc<Shared<B>>>,
-    hint: SizeHint,
+    shared: Arc<Shared<B>>,
 }
 
 /// What [`Replay::take`] found.
@@ -111,109 +114,100 @@ impl<B: Body> ReplayBody<B> {
         }
     }
 
-    /// Wraps `body` for a first attempt that may be replayed once, keeping up to `cap` bytes.
-    /// Returns no [`Replay`] when the body's size hint already exceeds `cap`.
-    pub(crate) fn replayable(body: B, cap: usize) -> (Self, Option<Replay<B>>) {
-        if body.is_end_stream() {
-            let replay = Replay {
-                shared: None,
-                hint: SizeHint::with_exact(0),
-            };
-            return (Self { kind: Kind::Empty }, Some(replay));
-        }
-        let hint = body.size_hint();
-        if hint.lower() > cap as u64 {
-            tracing::trace!(lower = hint.lower(), cap, "body larger than the replay cap");
+    /// Wraps `body` for a first attempt that may be replayed once, keeping up to `cap` bytes,
+    /// with a copy of `parts` for the retry. Returns no [`Replay`] when the body's size hint
+    /// already exceeds `cap`.
+    pub(crate) fn replayable(parts: &Parts, body: B, cap: usize) -> (Self, Option<Replay<B>>) {
+        let empty = body.is_end_stream();
+        let lower = body.size_hint().lower();
+        if !empty && lower > cap as u64 {
+            tracing::trace!(lower, cap, "body larger than the replay cap");
             return (Self::passthrough(body), None);
         }
+        let Some(head) = RequestHead::copy(parts) else {
+            return (Self::passthrough(body), None);
+        };
         let shared = Arc::new(Shared {
-            state: Mutex::new(None),
-            released: Notify::new(),
+            head,
             cap,
-        });
-        let first = Attempt {
-            shared: Arc::clone(&shared),
-            state: Some(BodyState {
+            empty,
+            body: Mutex::new(BodyState {
                 kept: Vec::new(),
                 kept_len: 0,
                 trailers: None,
-                rest: Some(body),
+                rest: (!empty).then_some(body),
                 over_cap: false,
                 failed: false,
+                in_use: !empty,
             }),
-            sent_frames: 0,
-            sent_trailers: false,
-            keeps_frames: true,
-            hint,
+            released: Notify::new(),
+        });
+        let first = if empty {
+            Kind::Empty
+        } else {
+            Kind::Attempt(Attempt {
+                shared: Arc::clone(&shared),
+                sent_frames: 0,
+                sent_trailers: false,
+                keeps_frames: true,
+            })
         };
-        let replay = Replay {
-            shared: Some(shared),
-            hint,
-        };
-        (
-            Self {
-                kind: Kind::Attempt(first),
-            },
-            Some(replay),
-        )
+        (Self { kind: first }, Some(Replay { shared }))
     }
 }
 
 impl<B> Shared<B> {
-    fn lock(&self) -> MutexGuard<'_, Option<BodyState<B>>> {
-        // Nothing panics while the lock is held; a poisoned lock still guards valid state.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, BodyState<B>> {
+        // Every critical section leaves the state consistent before it can panic (a panicking
+        // inner body included), so a poisoned lock still guards valid state.
+        self.body.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl<B> Replay<B> {
-    /// The body for the retry, if the first attempt has let go of it and it can be replayed.
-    pub(crate) fn take(&self) -> Take<B> {
-        let Some(shared) = &self.shared else {
-            return Take::Ready(ReplayBody { kind: Kind::Empty });
-        };
-        let mut guard = shared.lock();
-        match guard.as_ref() {
-            None => Take::Held,
-            Some(state) if state.over_cap || state.failed => Take::Refused,
-            Some(_) => {
-                let state = guard.take();
-                Take::Ready(ReplayBody {
-                    kind: Kind::Attempt(Attempt {
-                        shared: Arc::clone(shared),
-                        state,
-                        sent_frames: 0,
-                        sent_trailers: false,
-                        keeps_frames: false,
-                        hint: self.hint,
-                    }),
-                })
-            }
-        }
+    /// The request head to send again.
+    pub(crate) fn head(&self) -> &RequestHead {
+        &self.shared.head
     }
 
-    /// Resolves once an attempt has put the body back (at once if it did so since the last
-    /// wait: the signal is a stored permit).
-    pub(crate) fn released(&self) -> impl std::future::Future<Output = ()> + Send + 'static
+    /// The body for the retry, if the first attempt has let go of it and it can be replayed.
+    pub(crate) fn take(&self) -> Take<B> {
+        if self.shared.empty {
+            return Take::Ready(ReplayBody { kind: Kind::Empty });
+        }
+        let mut state = self.shared.lock();
+        if state.in_use {
+            return Take::Held;
+        }
+        if state.over_cap || state.failed {
+            return Take::Refused;
+        }
+        state.in_use = true;
+        Take::Ready(ReplayBody {
+            kind: Kind::Attempt(Attempt {
+                shared: Arc::clone(&self.shared),
+                sent_frames: 0,
+                sent_trailers: false,
+                keeps_frames: false,
+            }),
+        })
+    }
+
+    /// Resolves once an attempt body has been dropped (at once if one was since the last wait:
+    /// the signal is a stored permit).
+    pub(crate) fn released(&self) -> impl Future<Output = ()> + Send + 'static
     where
         B: Send + 'static,
     {
-        let shared = self.shared.clone();
-        async move {
-            if let Some(shared) = shared {
-                shared.released.notified().await;
-            }
-        }
+        let shared = Arc::clone(&self.shared);
+        async move { shared.released.notified().await }
     }
 }
 
 impl<B> Drop for Attempt<B> {
     fn drop(&mut self) {
-        if let Some(state) = self.state.take() {
-            *self.shared.lock() = Some(state);
-            // A stored permit, so a retry that checks and then waits cannot miss it.
-            self.shared.released.notify_one();
-        }
+        self.shared.lock().in_use = false;
+        self.shared.released.notify_one();
     }
 }
 
@@ -231,9 +225,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
             Kind::Empty => Poll::Ready(None),
-            Kind::Passthrough(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map(|f| f.map_data(into_bytes)).map_err(Into::into))),
+            Kind::Passthrough(body) => Pin::new(body).poll_frame(cx).map(|frame| {
+                frame.map(|frame| frame.map(|f| f.map_data(into_bytes)).map_err(Into::into))
+            }),
             Kind::Attempt(attempt) => attempt.poll_frame(cx),
         }
     }
@@ -242,11 +236,12 @@ where
         match &self.kind {
             Kind::Empty => true,
             Kind::Passthrough(body) => body.is_end_stream(),
-            Kind::Attempt(attempt) => attempt.state.as_ref().is_some_and(|state| {
+            Kind::Attempt(attempt) => {
+                let state = attempt.shared.lock();
                 state.rest.is_none()
                     && (state.over_cap || attempt.sent_frames >= state.kept.len())
                     && (attempt.sent_trailers || state.trailers.is_none())
-            }),
+            }
         }
     }
 
@@ -270,16 +265,8 @@ where
     B::Error: Into<BoxError>,
 {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.state.is_none() {
-            self.state = self.shared.lock().take();
-        }
-        let Some(state) = self.state.as_mut() else {
-            // Only reachable if a body is polled while the other attempt streams it; the layer
-            // never does that, but a broken inner service must get an error, not a panic.
-            return Poll::Ready(Some(Err(
-                "the request body is still held by the previous attempt".into(),
-            )));
-        };
+        let shared = &*self.shared;
+        let mut state = shared.lock();
         // Replay what the first attempt sent.
         if !state.over_cap && self.sent_frames < state.kept.len() {
             let chunk = state.kept[self.sent_frames].clone();
@@ -287,16 +274,13 @@ where
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if state.over_cap && !self.keeps_frames {
+            // `Replay::take` refuses such a body; never send a truncated one.
             return Poll::Ready(Some(Err(
                 "the request body can no longer be replayed".into()
             )));
         }
         // Then the rest of the caller's body.
-        loop {
-            let state = self.state.as_mut().expect("held above");
-            let Some(rest) = state.rest.as_mut() else {
-                break;
-            };
+        while let Some(rest) = state.rest.as_mut() {
             let frame = match Pin::new(rest).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
@@ -312,8 +296,8 @@ where
             match frame.into_data() {
                 Ok(data) => {
                     let chunk = into_bytes(data);
-                    if self.keeps_frames {
-                        self.keep(chunk.clone());
+                    if self.keeps_frames && keep(&mut state, shared.cap, &chunk) {
+                        self.sent_frames = state.kept.len();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
@@ -327,7 +311,6 @@ where
                 }
             }
         }
-        let state = self.state.as_ref().expect("held above");
         if !self.sent_trailers {
             if let Some(trailers) = &state.trailers {
                 self.sent_trailers = true;
@@ -337,30 +320,12 @@ where
         Poll::Ready(None)
     }
 
-    /// Keeps a frame the first attempt sends, or gives up on replay past the cap.
-    fn keep(&mut self, chunk: Bytes) {
-        let cap = self.shared.cap;
-        let state = self.state.as_mut().expect("only called while held");
-        if state.over_cap {
-            return;
-        }
-        if state.kept_len + chunk.len() > cap {
-            tracing::trace!(cap, "request body passed the replay cap; replay refused");
-            state.over_cap = true;
-            state.kept = Vec::new();
-            state.kept_len = 0;
-            return;
-        }
-        state.kept_len += chunk.len();
-        state.kept.push(chunk);
-        self.sent_frames = state.kept.len();
-    }
-
     fn size_hint(&self) -> SizeHint {
-        let Some(state) = &self.state else {
-            return self.hint;
-        };
-        let unsent: u64 = state.kept[self.sent_frames.min(state.kept.len())..]
+        let state = self.shared.lock();
+        let unsent: u64 = state
+            .kept
+            .get(self.sent_frames..)
+            .unwrap_or_default()
             .iter()
             .map(|c| c.len() as u64)
             .sum();
@@ -377,6 +342,24 @@ where
             }
         }
     }
+}
+
+/// Keeps a frame the first attempt sends, or gives up on replay past the cap. Returns whether
+/// the frame was kept.
+fn keep<B>(state: &mut BodyState<B>, cap: usize, chunk: &Bytes) -> bool {
+    if state.over_cap {
+        return false;
+    }
+    if state.kept_len + chunk.len() > cap {
+        tracing::trace!(cap, "request body passed the replay cap; replay refused");
+        state.over_cap = true;
+        state.kept = Vec::new();
+        state.kept_len = 0;
+        return false;
+    }
+    state.kept_len += chunk.len();
+    state.kept.push(chunk.clone());
+    true
 }
 
 impl<B> fmt::Debug for ReplayBody<B> {

@@ -33,16 +33,19 @@ pub struct BesenderAuth<S> {
     inner: S,
     core: Arc<Core>,
     state: Readiness,
+    /// The token this service used last. While the cache still serves it, `poll_ready` reuses
+    /// it after one atomic load, without looking anything up.
+    lease: Option<Lease>,
 }
 
 /// Where `poll_ready` is in getting a token.
 enum Readiness {
-    /// No token yet for the next call.
+    /// The next call needs a token.
     Idle,
     /// Waiting for the running fetch.
     Waiting(LeaseFuture),
-    /// A token for the next call; the inner service may not be ready yet.
-    Leased(Lease),
+    /// `lease` holds a token for the next call; the inner service may not be ready yet.
+    Leased,
 }
 
 impl<S> BesenderAuth<S> {
@@ -51,6 +54,7 @@ impl<S> BesenderAuth<S> {
             inner,
             core,
             state: Readiness::Idle,
+            lease: None,
         }
     }
 
@@ -78,6 +82,7 @@ impl<S: Clone> Clone for BesenderAuth<S> {
             inner: self.inner.clone(),
             core: Arc::clone(&self.core),
             state: Readiness::Idle,
+            lease: self.lease.clone(),
         }
     }
 }
@@ -87,7 +92,7 @@ impl<S: fmt::Debug> fmt::Debug for BesenderAuth<S> {
         let state = match self.state {
             Readiness::Idle => "idle",
             Readiness::Waiting(_) => "waiting for a token",
-            Readiness::Leased(_) => "token at hand",
+            Readiness::Leased => "token at hand",
         };
         f.debug_struct("BesenderAuth")
             .field("inner", &self.inner)
@@ -108,17 +113,27 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // The token first: the inner service is not asked for capacity until we can use it.
+        let cache = &self.core.cache;
         loop {
             match &mut self.state {
-                Readiness::Leased(_) => break,
-                Readiness::Idle => match self.core.cache.acquire() {
-                    Acquire::Ready(lease) => self.state = Readiness::Leased(lease),
+                Readiness::Leased => break,
+                Readiness::Idle if self.lease.as_ref().is_some_and(|l| cache.is_current(l)) => {
+                    self.state = Readiness::Leased;
+                }
+                Readiness::Idle => match cache.acquire() {
+                    Acquire::Ready(lease) => {
+                        self.lease = Some(lease);
+                        self.state = Readiness::Leased;
+                    }
                     Acquire::Failed(err) => return Poll::Ready(Err(Error::Token(err))),
                     Acquire::Pending(wait) => self.state = Readiness::Waiting(wait),
                 },
                 Readiness::Waiting(wait) => match wait.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(lease)) => self.state = Readiness::Leased(lease),
+                    Poll::Ready(Ok(lease)) => {
+                        self.lease = Some(lease);
+                        self.state = Readiness::Leased;
+                    }
                     Poll::Ready(Err(err)) => {
                         self.state = Readiness::Idle;
                         return Poll::Ready(Err(Error::Token(err)));
@@ -131,7 +146,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let lease = match mem::replace(&mut self.state, Readiness::Idle) {
-            Readiness::Leased(lease) => lease,
+            Readiness::Leased => self.lease.clone().expect("Leased means a lease is held"),
             other => {
                 // A Tower contract breach; serve it if a token is cached, without waiting.
                 self.state = other;
@@ -145,17 +160,11 @@ where
         parts.headers.insert(AUTHORIZATION, lease.header.clone());
 
         let body = if self.core.retry {
-            let (body, replay) = ReplayBody::replayable(body, self.core.max_replay_bytes);
+            let (body, replay) = ReplayBody::replayable(&parts, body, self.core.max_replay_bytes);
             if let Some(replay) = replay {
                 // The inner service was made ready for this call; the retry gets a fresh clone
                 // and makes it ready itself (tower's clone rule).
-                let retry = Retry::new(
-                    self.inner.clone(),
-                    parts.clone(),
-                    replay,
-                    lease,
-                    Arc::clone(&self.core),
-                );
+                let retry = Retry::new(self.inner.clone(), replay, lease, Arc::clone(&self.core));
                 let future = self.inner.call(Request::from_parts(parts, body));
                 return ResponseFuture::first(future, retry);
             }
@@ -164,6 +173,6 @@ where
             ReplayBody::passthrough(body)
         };
         let future = self.inner.call(Request::from_parts(parts, body));
-        ResponseFuture::unretried(future, lease, Arc::clone(&self.core))
+        ResponseFuture::unretried(future, lease.generation, Arc::clone(&self.core))
     }
 }

@@ -45,6 +45,11 @@ fn valid_generation(shared: &Shared) -> Option<u64> {
     (state & CHECK == 0).then_some(state >> 1)
 }
 
+/// Whether the hot path would serve `generation` now.
+pub(super) fn is_current(shared: &Shared, generation: u64) -> bool {
+    valid_generation(shared) == Some(generation)
+}
+
 /// Runs `f` on this thread's slot for `generation` of `shared`, if there is one.
 fn with_slot<R>(shared: &Shared, generation: u64, f: impl FnOnce(&Slot) -> R) -> Option<R> {
     SLOTS

@@ -147,6 +147,11 @@ impl TokenCache {
         local::lease(&self.shared)
     }
 
+    /// Whether `lease` is still the valid token the hot path serves: one atomic load.
+    pub(crate) fn is_current(&self, lease: &Lease) -> bool {
+        local::is_current(&self.shared, lease.generation)
+    }
+
     /// The layer's slow path: like [`get`](Self::get), without awaiting unless a fetch runs.
     pub(crate) fn acquire(&self) -> Acquire {
         if let Some(lease) = self.try_lease() {
@@ -165,10 +170,11 @@ impl TokenCache {
         }
     }
 
-    /// Like [`invalidate`](Self::invalidate), for the token a [`Lease`] came from.
-    pub(crate) fn invalidate_lease(&self, lease: &Lease) -> bool {
+    /// Like [`invalidate`](Self::invalidate), for the token a [`Lease`] with this generation
+    /// came from.
+    pub(crate) fn invalidate_generation(&self, generation: u64) -> bool {
         self.shared
-            .invalidate(|entry| entry.generation == lease.generation)
+            .invalidate(|entry| entry.generation == generation)
     }
 }
 

@@ -1,0 +1,192 @@
+//! Per-call cost of the layer over a no-op inner service, against tower-http's
+//! `AddAuthorization` (a static, sensitive bearer header) in the same run.
+//!
+//! Run with `cargo bench --bench layer`. Every configuration sees the same request (POST, a
+//! 64-byte body, five headers before the `Authorization` header, so no configuration pays for
+//! the `HeaderMap` growing at its seventh entry), built outside the timed region.
+
+use std::{
+    convert::Infallible,
+    future::{Future, Ready, ready},
+    hint::black_box,
+    pin::pin,
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use besender_auth::{BesenderAuth, BesenderAuthLayer, Token};
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group};
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service};
+use tower_http::auth::AddAuthorization;
+
+const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIyIn0.c2lnbmF0dXJl";
+
+/// Answers every request at once and drops it.
+#[derive(Clone, Copy)]
+struct Noop;
+
+impl<B> Service<Request<B>> for Noop {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        drop(black_box(request));
+        ready(Ok(Response::new(())))
+    }
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::post("http://open.example.com/api/demo?page=1")
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header("user-agent", "bench/1.0")
+        .header("x-request-id", "0123456789abcdef")
+        .header("x-tenant", "19")
+        .body(Full::new(Bytes::from_static(&[b'x'; 64])))
+        .unwrap()
+}
+
+/// `poll_ready`, `call`, and the response future to completion: what a client does per request.
+fn one_call<S, B>(service: &mut S, request: Request<B>) -> Response<()>
+where
+    S: Service<Request<B>, Response = Response<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let Poll::Ready(Ok(())) = service.poll_ready(&mut cx) else {
+        panic!("the bench services are always ready")
+    };
+    let mut future = pin!(service.call(request));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(response) => response.unwrap(),
+        Poll::Pending => panic!("the no-op inner service answers at once"),
+    }
+}
+
+/// Times `iters` calls on requests built beforehand, in batches small enough that building and
+/// freeing them disturbs the allocator as little as possible.
+fn timed_calls<S>(service: &mut S, iters: u64) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<()>>,
+    S::Error: std::fmt::Debug,
+{
+    const BATCH: u64 = 128;
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(BATCH);
+        let requests: Vec<_> = (0..n).map(|_| request()).collect();
+        let start = Instant::now();
+        for request in requests {
+            black_box(one_call(service, request));
+        }
+        total += start.elapsed();
+        left -= n;
+    }
+    total
+}
+
+/// The services under test, made ready: a valid token is cached before anything is timed.
+struct Subjects {
+    _runtime: tokio::runtime::Runtime,
+    baseline: AddAuthorization<Noop>,
+    retry_off: BesenderAuth<Noop>,
+    retry_on: BesenderAuth<Noop>,
+}
+
+fn subjects() -> Subjects {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layer = BesenderAuthLayer::new(Token::bearer(TOKEN, Duration::from_secs(86_400)));
+    {
+        let _guard = runtime.enter();
+        runtime.block_on(layer.cache().get()).unwrap();
+    }
+    Subjects {
+        baseline: AddAuthorization::bearer(Noop, TOKEN).as_sensitive(true),
+        retry_off: layer.clone().retry(false).layer(Noop),
+        retry_on: layer.layer(Noop),
+        _runtime: runtime,
+    }
+}
+
+fn per_call(c: &mut Criterion) {
+    let mut s = subjects();
+    let mut group = c.benchmark_group("per_call");
+    group.bench_function("bare no-op", |b| {
+        b.iter_custom(|iters| timed_calls(&mut Noop, iters))
+    });
+    group.bench_function("tower-http AddAuthorization (baseline)", |b| {
+        b.iter_custom(|iters| timed_calls(&mut s.baseline, iters))
+    });
+    group.bench_function("BesenderAuth retry off", |b| {
+        b.iter_custom(|iters| timed_calls(&mut s.retry_off, iters))
+    });
+    group.bench_function("BesenderAuth retry on", |b| {
+        b.iter_custom(|iters| timed_calls(&mut s.retry_on, iters))
+    });
+    group.finish();
+}
+
+/// Ratios that machine drift cannot skew: rounds that time every configuration back to back,
+/// the ratio taken within each round, and the median over rounds reported.
+fn paired_ratios() {
+    const ROUNDS: usize = 15;
+    const CALLS: u64 = 40_000;
+    let mut s = subjects();
+    let mut off = Vec::with_capacity(ROUNDS);
+    let mut on = Vec::with_capacity(ROUNDS);
+    let mut base_ns = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        // Alternate the order, so neither side always runs first.
+        let (b, f, n) = if round % 2 == 0 {
+            let b = timed_calls(&mut s.baseline, CALLS);
+            let f = timed_calls(&mut s.retry_off, CALLS);
+            let n = timed_calls(&mut s.retry_on, CALLS);
+            (b, f, n)
+        } else {
+            let n = timed_calls(&mut s.retry_on, CALLS);
+            let f = timed_calls(&mut s.retry_off, CALLS);
+            let b = timed_calls(&mut s.baseline, CALLS);
+            (b, f, n)
+        };
+        base_ns.push(b.as_nanos() as f64 / CALLS as f64);
+        off.push(f.as_secs_f64() / b.as_secs_f64());
+        on.push(n.as_secs_f64() / b.as_secs_f64());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\nper_call paired ratios vs AddAuthorization ({ROUNDS} interleaved rounds of {CALLS} calls):"
+    );
+    println!("  baseline median: {:.1} ns/call", median(&mut base_ns));
+    println!("  retry off: median {:.3}x", median(&mut off));
+    println!("  retry on:  median {:.3}x", median(&mut on));
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(40);
+    targets = per_call
+}
+
+fn main() {
+    benches();
+    paired_ratios();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,205 @@
+//! `RequestHead`: the retry's copy of a request head, in one allocation.
+//!
+//! A retry needs the first attempt's method, URI, version, headers and extensions, but the inner
+//! service consumes the request. Cloning `http::request::Parts` is the obvious copy and the
+//! expensive one: every header value and URI part of a freshly built request is a `Bytes` whose
+//! first clone allocates a shared header for it (measured here: ~190 ns for five headers, more
+//! than the rest of the layer's per-call work). Nearly every request succeeds, so the copy is
+//! almost always thrown away. This copy writes the URI and every header name and value back to
+//! back into one buffer instead, and the head is rebuilt only when a retry is actually sent.
+
+use std::fmt;
+
+use http::{
+    Extensions, HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, request::Parts, uri,
+};
+
+/// A compact copy of a request head; see the module documentation.
+pub(crate) struct RequestHead {
+    method: Method,
+    version: Version,
+    extensions: Extensions,
+    /// Scheme, authority and path-and-query, as `(start, end)` in `bytes`; `None` if absent.
+    uri: [Option<(u32, u32)>; 3],
+    /// The URI parts, then per header: name length (u16), value length (u32), sensitive (u8),
+    /// name, value.
+    bytes: Vec<u8>,
+    headers: usize,
+}
+
+const HEADER_PREFIX: usize = 2 + 4 + 1;
+
+impl RequestHead {
+    /// Copies `parts`; `None` if a part is too large to encode (then no retry is possible).
+    pub(crate) fn copy(parts: &Parts) -> Option<Self> {
+        let uri = &parts.uri;
+        let uri_parts = [
+            uri.scheme_str(),
+            uri.authority().map(uri::Authority::as_str),
+            uri.path_and_query().map(uri::PathAndQuery::as_str),
+        ];
+        let uri_len: usize = uri_parts.iter().flatten().map(|s| s.len()).sum();
+        let headers_len: usize = parts
+            .headers
+            .iter()
+            .map(|(name, value)| HEADER_PREFIX + name.as_str().len() + value.len())
+            .sum();
+        let mut bytes = Vec::with_capacity(uri_len + headers_len);
+        let mut ranges = [None; 3];
+        for (range, part) in ranges.iter_mut().zip(uri_parts) {
+            if let Some(part) = part {
+                let start = u32::try_from(bytes.len()).ok()?;
+                bytes.extend_from_slice(part.as_bytes());
+                *range = Some((start, u32::try_from(bytes.len()).ok()?));
+            }
+        }
+        for (name, value) in &parts.headers {
+            let name = name.as_str().as_bytes();
+            bytes.extend_from_slice(&u16::try_from(name.len()).ok()?.to_le_bytes());
+            bytes.extend_from_slice(&u32::try_from(value.len()).ok()?.to_le_bytes());
+            bytes.push(u8::from(value.is_sensitive()));
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(value.as_bytes());
+        }
+        Some(Self {
+            method: parts.method.clone(),
+            version: parts.version,
+            extensions: parts.extensions.clone(),
+            uri: ranges,
+            bytes,
+            headers: parts.headers.len(),
+        })
+    }
+
+    /// The head as it was copied. `None` only if the copy does not parse back, which cannot
+    /// happen for heads built through `http`'s checked constructors.
+    pub(crate) fn to_parts(&self) -> Option<Parts> {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = self.method.clone();
+        parts.version = self.version;
+        parts.extensions = self.extensions.clone();
+        parts.uri = self.uri()?;
+        let mut headers = HeaderMap::with_capacity(self.headers);
+        let mut at = self
+            .uri
+            .iter()
+            .flatten()
+            .map(|r| r.1 as usize)
+            .max()
+            .unwrap_or(0);
+        for _ in 0..self.headers {
+            let prefix = self.bytes.get(at..at + HEADER_PREFIX)?;
+            let name_len = u16::from_le_bytes([prefix[0], prefix[1]]) as usize;
+            let value_len = u32::from_le_bytes([prefix[2], prefix[3], prefix[4], prefix[5]]);
+            let sensitive = prefix[6] == 1;
+            at += HEADER_PREFIX;
+            let name = HeaderName::from_bytes(self.bytes.get(at..at + name_len)?).ok()?;
+            at += name_len;
+            let value_end = at + value_len as usize;
+            let mut value = HeaderValue::from_bytes(self.bytes.get(at..value_end)?).ok()?;
+            at = value_end;
+            value.set_sensitive(sensitive);
+            headers.append(name, value);
+        }
+        parts.headers = headers;
+        Some(parts)
+    }
+
+    fn uri(&self) -> Option<Uri> {
+        let part =
+            |i: usize| self.uri[i].map(|(start, end)| &self.bytes[start as usize..end as usize]);
+        let mut builder = Uri::builder();
+        if let Some(scheme) = part(0) {
+            builder = builder.scheme(scheme);
+        }
+        if let Some(authority) = part(1) {
+            builder = builder.authority(authority);
+        }
+        if let Some(path_and_query) = part(2) {
+            builder = builder.path_and_query(path_and_query);
+        }
+        builder.build().ok()
+    }
+}
+
+impl fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The headers hold the bearer token: never shown.
+        f.debug_struct("RequestHead")
+            .field("method", &self.method)
+            .field("version", &self.version)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(request: http::Request<()>) {
+        let (parts, ()) = request.into_parts();
+        let copy = RequestHead::copy(&parts).unwrap();
+        let back = copy.to_parts().unwrap();
+        assert_eq!(back.method, parts.method);
+        assert_eq!(back.uri, parts.uri);
+        assert_eq!(back.version, parts.version);
+        assert_eq!(back.headers, parts.headers);
+        let sensitivity = |h: &HeaderMap| h.values().map(|v| v.is_sensitive()).collect::<Vec<_>>();
+        assert_eq!(sensitivity(&back.headers), sensitivity(&parts.headers));
+    }
+
+    #[test]
+    fn heads_survive_the_round_trip() {
+        let mut secret = HeaderValue::from_static("Bearer abc");
+        secret.set_sensitive(true);
+        round_trip(
+            http::Request::post("https://user.example:8443/a/b?c=d&e")
+                .version(Version::HTTP_2)
+                .header("content-type", "application/json")
+                .header("x-multi", "1")
+                .header("x-multi", "2")
+                .header("x-opaque", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+                .header("authorization", secret)
+                .body(())
+                .unwrap(),
+        );
+        round_trip(http::Request::get("/origin-form?q=1").body(()).unwrap());
+        round_trip(
+            http::Request::builder()
+                .method("CONNECT")
+                .uri("proxy.example:443")
+                .body(())
+                .unwrap(),
+        );
+        round_trip(
+            http::Request::builder()
+                .method("PURGE")
+                .uri("*")
+                .body(())
+                .unwrap(),
+        );
+        round_trip(http::Request::get("/").body(()).unwrap());
+    }
+
+    #[test]
+    fn extensions_are_kept() {
+        #[derive(Clone, PartialEq, Debug)]
+        struct Tag(u32);
+        let mut request = http::Request::get("/").body(()).unwrap();
+        request.extensions_mut().insert(Tag(7));
+        let (parts, ()) = request.into_parts();
+        let back = RequestHead::copy(&parts).unwrap().to_parts().unwrap();
+        assert_eq!(back.extensions.get::<Tag>(), Some(&Tag(7)));
+    }
+
+    #[test]
+    fn debug_hides_the_headers() {
+        let request = http::Request::get("/")
+            .header("authorization", "Bearer very-secret")
+            .body(())
+            .unwrap();
+        let copy = RequestHead::copy(&request.into_parts().0).unwrap();
+        assert!(!format!("{copy:?}").contains("very-secret"));
+    }
+}
