@@ -1,1 +1,152 @@
-fn main() {}
+//! End to end: a hyper-util client through the layer to a hyper server on 127.0.0.1, against
+//! the same client through tower-http's `AddAuthorization` (static, sensitive bearer), in the
+//! same run.
+//!
+//! Run with `cargo bench --bench e2e`. 64 requests in flight, each a POST with a 1 KiB body and a
+//! 1.1 KB token (the size of Besender's example token), over HTTP/1.1 and h2c. Loopback
+//! throughput drifts by several percent from second to second on a shared machine, so the runs
+//! are interleaved (A B B A ...), the ratio is taken within each pair, and the median of at
+//! least six pairs is reported.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use besender_auth::{BesenderAuthLayer, ReplayBody, Token};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::TcpListener;
+use tower::{Layer, Service, ServiceExt};
+use tower_http::auth::AddAuthorization;
+
+const IN_FLIGHT: usize = 64;
+const REQUESTS_PER_RUN: u64 = 20_000;
+const PAIRS: usize = 7;
+
+/// Answers every request with 200 after reading its body.
+async fn serve(listener: TcpListener) {
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                let _ = request.into_body().collect().await;
+                let mut response = Response::new(Empty::<Bytes>::new());
+                *response.status_mut() = StatusCode::OK;
+                Ok::<_, Infallible>(response)
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Requests per second for `REQUESTS_PER_RUN` requests, `IN_FLIGHT` at a time.
+async fn throughput<S>(service: S, url: &str, body: Bytes) -> f64
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: Send,
+{
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let (service, sent, body, url) = (
+                service.clone(),
+                Arc::clone(&sent),
+                body.clone(),
+                url.to_owned(),
+            );
+            tokio::spawn(async move {
+                while sent.fetch_add(1, Ordering::Relaxed) < REQUESTS_PER_RUN {
+                    let request = Request::post(&url)
+                        .header("content-type", "application/json")
+                        .body(Full::new(body.clone()))
+                        .unwrap();
+                    let response = service.clone().oneshot(request).await.unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let _ = response.into_body().collect().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    REQUESTS_PER_RUN as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let url = format!("http://{}/api/demo", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener));
+
+        let token = format!("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{}.sig", "x".repeat(1060));
+        let body = Bytes::from(vec![b'x'; if std::env::var("E2E_EMPTY").is_ok() { 0 } else { 1024 }]);
+        let layer = BesenderAuthLayer::new(Token::bearer(&token, Duration::from_secs(86_400)));
+        layer.cache().get().await.unwrap();
+
+        println!("| protocol | AddAuthorization req/s (median) | BesenderAuth req/s (median) | throughput ratio (median of {PAIRS} pairs) |");
+        println!("|---|---|---|---|");
+        let protocols: &[bool] = match std::env::var("E2E_PROTO").as_deref() {
+            Ok("h1") => &[false],
+            Ok("h2c") => &[true],
+            _ => &[false, true],
+        };
+        for &h2 in protocols {
+            let plain: Client<HttpConnector, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
+            let layered: Client<HttpConnector, ReplayBody<Full<Bytes>>> =
+                Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
+            let baseline = AddAuthorization::bearer(plain, &token).as_sensitive(true);
+            let ours = layer.clone().retry(std::env::var("E2E_RETRY").map_or(true, |v| v != "0")).layer(layered);
+            // Warm both connection pools.
+            throughput(baseline.clone(), &url, body.clone()).await;
+            throughput(ours.clone(), &url, body.clone()).await;
+
+            let (mut base_rates, mut our_rates, mut ratios) = (vec![], vec![], vec![]);
+            for pair in 0..PAIRS {
+                let (b, o) = if pair % 2 == 0 {
+                    let b = throughput(baseline.clone(), &url, body.clone()).await;
+                    (b, throughput(ours.clone(), &url, body.clone()).await)
+                } else {
+                    let o = throughput(ours.clone(), &url, body.clone()).await;
+                    (throughput(baseline.clone(), &url, body.clone()).await, o)
+                };
+                base_rates.push(b);
+                our_rates.push(o);
+                ratios.push(o / b);
+            }
+            println!(
+                "| {} | {:.0} | {:.0} | {:.3}x |",
+                if h2 { "h2c" } else { "HTTP/1.1" },
+                median(&mut base_rates),
+                median(&mut our_rates),
+                median(&mut ratios),
+            );
+        }
+    });
+}

@@ -57,27 +57,29 @@ pin_project! {
         /// No request was sent.
         Failed { error: Option<Error> },
         /// A request that will not be retried; a refusal still invalidates its token.
-        Unretried { #[pin] future: F, generation: u64, core: Arc<Core> },
+        Unretried { #[pin] future: F, generation: u64, core: Arc<Core<S>> },
         /// The first attempt of a request that may be retried.
         First { #[pin] future: F, retry: Option<Retry<S, B>> },
         /// The first attempt was refused; getting everything ready for the retry. Holds the
         /// refusal (always `Ok`), returned if no retry is possible.
         Recovering { refusal: Option<F::Output>, retry: Retry<S, B> },
         /// The one retry, with the token it carries.
-        Retrying { #[pin] future: F, generation: u64, core: Arc<Core> },
+        Retrying { #[pin] future: F, generation: u64, core: Arc<Core<S>> },
     }
 }
 
 /// Everything a retry needs, kept from `call`.
 pub(crate) struct Retry<S, B> {
-    /// A fresh clone of the inner service, not yet ready.
-    service: S,
+    /// A fresh clone of the inner service, made when the retry is about to be sent.
+    service: Option<S>,
     /// The request head and body to send again.
     replay: Replay<B>,
     /// The token the first attempt carried.
     refused: Lease,
-    core: Arc<Core>,
-    step: Step<B>,
+    core: Arc<Core<S>>,
+    /// `None` until the first attempt is refused; boxed, so that every response future stays
+    /// small and only the refusal path allocates.
+    step: Option<Box<Step<B>>>,
 }
 
 /// The retry as it will be sent: the request, and the token it carries.
@@ -85,8 +87,6 @@ type RetryRequest<B> = (Request<ReplayBody<B>>, Lease);
 
 /// Where the recovery is.
 enum Step<B> {
-    /// Not started: nothing is done unless the first attempt is refused.
-    Idle,
     /// Waiting for a fresh token.
     Token(LeaseFuture),
     /// Waiting for the first attempt to let go of the body.
@@ -95,8 +95,7 @@ enum Step<B> {
         wait: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
     },
     /// Waiting for the fresh clone of the inner service to be ready.
-    /// Boxed: built only on the refusal path, and it keeps every response future small.
-    Ready(Option<Box<RetryRequest<B>>>),
+    Ready(Option<RetryRequest<B>>),
 }
 
 impl<F: Future, S, B> ResponseFuture<F, S, B> {
@@ -106,7 +105,7 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
         }
     }
 
-    pub(crate) fn unretried(future: F, generation: u64, core: Arc<Core>) -> Self {
+    pub(crate) fn unretried(future: F, generation: u64, core: Arc<Core<S>>) -> Self {
         Self {
             state: State::Unretried {
                 future,
@@ -127,20 +126,20 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
 }
 
 impl<S, B> Retry<S, B> {
-    pub(crate) fn new(service: S, replay: Replay<B>, refused: Lease, core: Arc<Core>) -> Self {
+    pub(crate) fn new(replay: Replay<B>, refused: Lease, core: Arc<Core<S>>) -> Self {
         Self {
-            service,
+            service: None,
             replay,
             refused,
             core,
-            step: Step::Idle,
+            step: None,
         }
     }
 }
 
 impl<S, B> Retry<S, B>
 where
-    S: Service<Request<ReplayBody<B>>>,
+    S: Service<Request<ReplayBody<B>>> + Clone,
     S::Error: Into<BoxError>,
     B: Send + 'static,
 {
@@ -150,22 +149,24 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<RetryRequest<B>>, Error>> {
         loop {
-            match &mut self.step {
-                Step::Idle => {
-                    let cache = &self.core.cache;
-                    cache.invalidate_generation(self.refused.generation);
-                    let fresh = match cache.acquire() {
-                        Acquire::Ready(lease) => Ok(lease),
-                        Acquire::Failed(err) => Err(err),
-                        Acquire::Pending(wait) => {
-                            self.step = Step::Token(wait);
-                            continue;
-                        }
-                    };
-                    if !self.got_token(fresh) {
-                        return Poll::Ready(Ok(None));
+            let Some(step) = self.step.as_deref_mut() else {
+                // Just refused: drop the refused token, get a fresh one.
+                let cache = &self.core.cache;
+                cache.invalidate_generation(self.refused.generation);
+                let fresh = match cache.acquire() {
+                    Acquire::Ready(lease) => Ok(lease),
+                    Acquire::Failed(err) => Err(err),
+                    Acquire::Pending(wait) => {
+                        self.step = Some(Box::new(Step::Token(wait)));
+                        continue;
                     }
+                };
+                if !self.got_token(fresh) {
+                    return Poll::Ready(Ok(None));
                 }
+                continue;
+            };
+            match step {
                 Step::Token(wait) => {
                     let fresh = ready!(wait.as_mut().poll(cx));
                     if !self.got_token(fresh) {
@@ -177,7 +178,7 @@ where
                     ..
                 } => {
                     let released = ready!(waiting.as_mut().poll(cx));
-                    let Step::Body { lease, wait } = &mut self.step else {
+                    let Some(Step::Body { lease, wait }) = self.step.as_deref_mut() else {
                         unreachable!("matched above")
                     };
                     *wait = None;
@@ -191,25 +192,32 @@ where
                     let lease = lease.clone();
                     match self.replay.take() {
                         Take::Ready(body) => match self.request(lease, body) {
-                            Some(retry) => self.step = Step::Ready(Some(Box::new(retry))),
+                            Some(retry) => self.step = Some(Box::new(Step::Ready(Some(retry)))),
                             None => return Poll::Ready(Ok(None)),
                         },
                         Take::Held => {
                             // The server answered before the first attempt finished sending.
                             let released = self.replay.released();
                             let wait = wait_released(released, self.core.replay_wait);
-                            self.step = Step::Body {
+                            self.step = Some(Box::new(Step::Body {
                                 lease,
                                 wait: Some(Box::pin(wait)),
-                            };
+                            }));
                         }
                         Take::Refused => return Poll::Ready(Ok(self.take_body(lease, true))),
                     }
                 }
                 Step::Ready(request) => {
-                    ready!(self.service.poll_ready(cx)).map_err(Error::inner)?;
+                    if self.service.is_none() {
+                        self.service = self.core.fresh_service();
+                    }
+                    let Some(service) = self.service.as_mut() else {
+                        // Unreachable: the template is made before any retryable call.
+                        return Poll::Ready(Ok(None));
+                    };
+                    ready!(service.poll_ready(cx)).map_err(Error::inner)?;
                     let retry = request.take().expect("a request is sent only once");
-                    return Poll::Ready(Ok(Some(*retry)));
+                    return Poll::Ready(Ok(Some(retry)));
                 }
             }
         }
@@ -220,7 +228,7 @@ where
     fn got_token(&mut self, fresh: Result<Lease, TokenError>) -> bool {
         match fresh {
             Ok(lease) if lease.header != self.refused.header => {
-                self.step = Step::Body { lease, wait: None };
+                self.step = Some(Box::new(Step::Body { lease, wait: None }));
                 return true;
             }
             // Rate-limited or the server's choice: a retry would be refused again.
@@ -264,7 +272,7 @@ async fn wait_released(released: impl Future<Output = ()>, timeout: Duration) ->
 impl<F, S, B, ResBody> Future for ResponseFuture<F, S, B>
 where
     F: Future<Output = Result<Response<ResBody>, S::Error>>,
-    S: Service<Request<ReplayBody<B>>, Future = F>,
+    S: Service<Request<ReplayBody<B>>, Future = F> + Clone,
     S::Error: Into<BoxError>,
     B: Send + 'static,
 {
@@ -312,7 +320,8 @@ where
                         Some((request, lease)) => {
                             Counters::bump(&retry.core.counters.retries);
                             let core = Arc::clone(&retry.core);
-                            let future = retry.service.call(request);
+                            let service = retry.service.as_mut().expect("made ready above");
+                            let future = service.call(request);
                             // Drops the refused response and what the retry no longer needs.
                             state.set(State::Retrying {
                                 future,

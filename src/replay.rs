@@ -10,7 +10,9 @@
 //! A [`Replay`] (held by the response future) and the attempt bodies share one allocation: the
 //! retry's copy of the request head ([`RequestHead`]), and a [`BodyState`] behind a lock: the kept frames, the
 //! trailers, and the unread rest of the caller's body. At most one attempt streams at a time:
-//! `in_use` is set while an attempt body exists, and cleared (with a wake-up) when it is dropped.
+//! `in_use` is set while an attempt body exists, and cleared when it is dropped, with a wake-up
+//! if a retry announced (`retry_waiting`) that it waits for it. Both flags are `SeqCst`, so
+//! either the retry sees the body released or the dropping attempt sees the retry waiting.
 //! The retry's body is only made once the first attempt's body is gone ([`Replay::take`]); if
 //! the server answered before the first attempt finished sending, the retry waits for it,
 //! bounded, and otherwise the original response is returned. Polling is therefore never
@@ -21,12 +23,15 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, request::Parts};
+use http::{HeaderMap, Request};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 
@@ -73,7 +78,11 @@ struct Shared<B> {
     cap: usize,
     empty: bool,
     body: Mutex<BodyState<B>>,
-    /// Signalled when an attempt body is dropped.
+    /// An attempt body exists.
+    in_use: AtomicBool,
+    /// A retry waits for `released`.
+    retry_waiting: AtomicBool,
+    /// Signalled when an attempt body is dropped while a retry waits.
     released: Notify,
 }
 
@@ -87,8 +96,6 @@ struct BodyState<B> {
     over_cap: bool,
     /// The caller's body failed: replay is impossible.
     failed: bool,
-    /// An attempt body exists.
-    in_use: bool,
 }
 
 /// The retry's handle on a replayable request: its head and its body.
@@ -114,19 +121,23 @@ impl<B: Body> ReplayBody<B> {
         }
     }
 
-    /// Wraps `body` for a first attempt that may be replayed once, keeping up to `cap` bytes,
-    /// with a copy of `parts` for the retry. Returns no [`Replay`] when the body's size hint
-    /// already exceeds `cap`.
-    pub(crate) fn replayable(parts: &Parts, body: B, cap: usize) -> (Self, Option<Replay<B>>) {
-        let empty = body.is_end_stream();
-        let lower = body.size_hint().lower();
-        if !empty && lower > cap as u64 {
-            tracing::trace!(lower, cap, "body larger than the replay cap");
-            return (Self::passthrough(body), None);
-        }
-        let Some(head) = RequestHead::copy(parts) else {
-            return (Self::passthrough(body), None);
+    /// Wraps the body of `request` for a first attempt that may be replayed once, keeping up
+    /// to `cap` bytes, and copies its head for the retry. Returns no [`Replay`] when the body's
+    /// size hint already exceeds `cap`.
+    pub(crate) fn replayable(
+        request: Request<B>,
+        cap: usize,
+    ) -> (Request<Self>, Option<Replay<B>>) {
+        let empty = request.body().is_end_stream();
+        let lower = request.body().size_hint().lower();
+        let head = (empty || lower <= cap as u64)
+            .then(|| RequestHead::copy(&request))
+            .flatten();
+        let Some(head) = head else {
+            tracing::trace!(lower, cap, "not replayable: the body is over the cap");
+            return (request.map(Self::passthrough), None);
         };
+        let (parts, body) = request.into_parts();
         let shared = Arc::new(Shared {
             head,
             cap,
@@ -138,8 +149,9 @@ impl<B: Body> ReplayBody<B> {
                 rest: (!empty).then_some(body),
                 over_cap: false,
                 failed: false,
-                in_use: !empty,
             }),
+            in_use: AtomicBool::new(!empty),
+            retry_waiting: AtomicBool::new(false),
             released: Notify::new(),
         });
         let first = if empty {
@@ -152,7 +164,8 @@ impl<B: Body> ReplayBody<B> {
                 keeps_frames: true,
             })
         };
-        (Self { kind: first }, Some(Replay { shared }))
+        let request = Request::from_parts(parts, Self { kind: first });
+        (request, Some(Replay { shared }))
     }
 }
 
@@ -175,14 +188,14 @@ impl<B> Replay<B> {
         if self.shared.empty {
             return Take::Ready(ReplayBody { kind: Kind::Empty });
         }
-        let mut state = self.shared.lock();
-        if state.in_use {
-            return Take::Held;
-        }
+        let state = self.shared.lock();
         if state.over_cap || state.failed {
             return Take::Refused;
         }
-        state.in_use = true;
+        if self.shared.in_use.swap(true, Ordering::SeqCst) {
+            return Take::Held;
+        }
+        drop(state);
         Take::Ready(ReplayBody {
             kind: Kind::Attempt(Attempt {
                 shared: Arc::clone(&self.shared),
@@ -193,21 +206,30 @@ impl<B> Replay<B> {
         })
     }
 
-    /// Resolves once an attempt body has been dropped (at once if one was since the last wait:
-    /// the signal is a stored permit).
+    /// Announces that the retry waits for the first attempt's body, then resolves once it has
+    /// been dropped. Call [`take`](Self::take) after announcing: if the body was released in
+    /// between, the wake-up is a stored permit and this resolves at once.
     pub(crate) fn released(&self) -> impl Future<Output = ()> + Send + 'static
     where
         B: Send + 'static,
     {
+        self.shared.retry_waiting.store(true, Ordering::SeqCst);
         let shared = Arc::clone(&self.shared);
-        async move { shared.released.notified().await }
+        async move {
+            while shared.in_use.load(Ordering::SeqCst) {
+                shared.released.notified().await;
+            }
+        }
     }
 }
 
 impl<B> Drop for Attempt<B> {
     fn drop(&mut self) {
-        self.shared.lock().in_use = false;
-        self.shared.released.notify_one();
+        self.shared.in_use.store(false, Ordering::SeqCst);
+        // Nearly always nobody waits: then no wake-up is owed.
+        if self.shared.retry_waiting.load(Ordering::SeqCst) {
+            self.shared.released.notify_one();
+        }
     }
 }
 
@@ -238,7 +260,7 @@ where
             Kind::Passthrough(body) => body.is_end_stream(),
             Kind::Attempt(attempt) => {
                 let state = attempt.shared.lock();
-                state.rest.is_none()
+                state.rest.as_ref().is_none_or(Body::is_end_stream)
                     && (state.over_cap || attempt.sent_frames >= state.kept.len())
                     && (attempt.sent_trailers || state.trailers.is_none())
             }
@@ -281,7 +303,7 @@ where
         }
         // Then the rest of the caller's body.
         while let Some(rest) = state.rest.as_mut() {
-            let frame = match Pin::new(rest).poll_frame(cx) {
+            let frame = match Pin::new(&mut *rest).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     state.rest = None;
@@ -293,6 +315,11 @@ where
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
+            if rest.is_end_stream() {
+                // Report the end with this frame, not one poll later: HTTP/2 then sets
+                // END_STREAM on this DATA frame instead of sending an empty one after it.
+                state.rest = None;
+            }
             match frame.into_data() {
                 Ok(data) => {
                     let chunk = into_bytes(data);

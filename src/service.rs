@@ -2,7 +2,7 @@
 
 use std::{
     fmt, mem,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -31,7 +31,7 @@ use crate::{
 ///   the same method, URI, version, headers, extensions and (replayed) body.
 pub struct BesenderAuth<S> {
     inner: S,
-    core: Arc<Core>,
+    core: Arc<Core<S>>,
     state: Readiness,
     /// The token this service used last. While the cache still serves it, `poll_ready` reuses
     /// it after one atomic load, without looking anything up.
@@ -49,7 +49,7 @@ enum Readiness {
 }
 
 impl<S> BesenderAuth<S> {
-    pub(crate) fn from_core(inner: S, core: Arc<Core>) -> Self {
+    pub(crate) fn from_core(inner: S, core: Arc<Core<S>>) -> Self {
         Self {
             inner,
             core,
@@ -144,7 +144,7 @@ where
         self.inner.poll_ready(cx).map_err(Error::inner)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let lease = match mem::replace(&mut self.state, Readiness::Idle) {
             Readiness::Leased => self.lease.clone().expect("Leased means a lease is held"),
             other => {
@@ -156,23 +156,25 @@ where
                 }
             }
         };
-        let (mut parts, body) = request.into_parts();
-        parts.headers.insert(AUTHORIZATION, lease.header.clone());
-
-        let body = if self.core.retry {
-            let (body, replay) = ReplayBody::replayable(&parts, body, self.core.max_replay_bytes);
-            if let Some(replay) = replay {
-                // The inner service was made ready for this call; the retry gets a fresh clone
-                // and makes it ready itself (tower's clone rule).
-                let retry = Retry::new(self.inner.clone(), replay, lease, Arc::clone(&self.core));
-                let future = self.inner.call(Request::from_parts(parts, body));
-                return ResponseFuture::first(future, retry);
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, lease.header.clone());
+        let request = if self.core.retry {
+            match ReplayBody::replayable(request, self.core.max_replay_bytes) {
+                (request, Some(replay)) => {
+                    // Retries are cloned, only when needed, from a clone of the inner service
+                    // made once; the ready inner service serves this call (tower's clone rule).
+                    let inner = &self.inner;
+                    self.core.template.get_or_init(|| Mutex::new(inner.clone()));
+                    let retry = Retry::new(replay, lease, Arc::clone(&self.core));
+                    return ResponseFuture::first(self.inner.call(request), retry);
+                }
+                (request, None) => request,
             }
-            body
         } else {
-            ReplayBody::passthrough(body)
+            request.map(ReplayBody::passthrough)
         };
-        let future = self.inner.call(Request::from_parts(parts, body));
+        let future = self.inner.call(request);
         ResponseFuture::unretried(future, lease.generation, Arc::clone(&self.core))
     }
 }

@@ -86,13 +86,14 @@ where
     (data, trailers)
 }
 
-fn parts() -> Parts {
-    http::Request::post("http://127.0.0.1/upload")
+/// `body` wrapped as the layer wraps a request body.
+fn replayable<B: Body>(body: B, cap: usize) -> (ReplayBody<B>, Option<Replay<B>>) {
+    let request = http::Request::post("http://127.0.0.1/upload")
         .header("x-trace", "1")
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0
+        .body(body)
+        .unwrap();
+    let (request, replay) = ReplayBody::replayable(request, cap);
+    (request.into_body(), replay)
 }
 
 fn take<B>(replay: &Replay<B>) -> ReplayBody<B> {
@@ -105,8 +106,7 @@ fn take<B>(replay: &Replay<B>) -> ReplayBody<B> {
 
 #[tokio::test]
 async fn a_retry_replays_the_same_bytes_and_trailers() {
-    let (mut first, replay) =
-        ReplayBody::replayable(&parts(), Frames::new(&["ab", "cd", "ef"], true), 64);
+    let (mut first, replay) = replayable(Frames::new(&["ab", "cd", "ef"], true), 64);
     let replay = replay.unwrap();
     let (sent, trailers) = read(&mut first, usize::MAX).await;
     assert_eq!(sent, b"abcdef");
@@ -129,7 +129,7 @@ async fn a_retry_replays_the_same_bytes_and_trailers() {
 #[tokio::test]
 async fn a_retry_after_a_partial_first_attempt_replays_then_streams_the_rest() {
     let body = Frames::new(&["one-", "two-", "three"], true).without_size();
-    let (mut first, replay) = ReplayBody::replayable(&parts(), body, 64);
+    let (mut first, replay) = replayable(body, 64);
     let (sent, _) = read(&mut first, 1).await;
     assert_eq!(sent, b"one-");
     drop(first); // the server answered early; the client let go of the body
@@ -143,7 +143,7 @@ async fn a_retry_after_a_partial_first_attempt_replays_then_streams_the_rest() {
 #[tokio::test]
 async fn past_the_cap_the_buffer_is_freed_and_replay_refused() {
     let body = Frames::new(&["0123456789", "0123456789", "0123456789"], false).without_size();
-    let (mut first, replay) = ReplayBody::replayable(&parts(), body, 25);
+    let (mut first, replay) = replayable(body, 25);
     let replay = replay.unwrap();
     let (sent, _) = read(&mut first, usize::MAX).await;
     assert_eq!(sent.len(), 30, "the first attempt still gets every byte");
@@ -159,14 +159,14 @@ async fn past_the_cap_the_buffer_is_freed_and_replay_refused() {
 
 #[test]
 fn a_body_declared_larger_than_the_cap_is_never_buffered() {
-    let (body, replay) = ReplayBody::replayable(&parts(), Frames::new(&["0123456789"], false), 5);
+    let (body, replay) = replayable(Frames::new(&["0123456789"], false), 5);
     assert!(replay.is_none());
     assert!(matches!(body.kind, Kind::Passthrough(_)));
 }
 
 #[tokio::test]
 async fn an_empty_body_replays_as_empty_without_sharing_state() {
-    let (first, replay) = ReplayBody::replayable(&parts(), Frames::new(&[], false), 64);
+    let (first, replay) = replayable(Frames::new(&[], false), 64);
     assert!(first.is_end_stream());
     let replay = replay.unwrap();
     assert_eq!(
@@ -180,8 +180,7 @@ async fn an_empty_body_replays_as_empty_without_sharing_state() {
 
 #[tokio::test]
 async fn two_attempts_never_stream_at_once() {
-    let (mut first, replay) =
-        ReplayBody::replayable(&parts(), Frames::new(&["ab", "cd"], false), 64);
+    let (mut first, replay) = replayable(Frames::new(&["ab", "cd"], false), 64);
     let replay = replay.unwrap();
     read(&mut first, 1).await;
     assert!(
@@ -200,7 +199,7 @@ async fn two_attempts_never_stream_at_once() {
 #[tokio::test]
 async fn a_failed_body_is_not_replayed() {
     let body = Frames::new(&["ab", "cd"], false).failing_after(1);
-    let (mut first, replay) = ReplayBody::replayable(&parts(), body, 64);
+    let (mut first, replay) = replayable(body, 64);
     first.frame().await.unwrap().unwrap();
     assert!(first.frame().await.unwrap().is_err());
     drop(first);
@@ -209,7 +208,7 @@ async fn a_failed_body_is_not_replayed() {
 
 #[tokio::test]
 async fn release_is_signalled_even_if_it_happened_before_the_wait() {
-    let (first, replay) = ReplayBody::replayable(&parts(), Frames::new(&["ab"], false), 64);
+    let (first, replay) = replayable(Frames::new(&["ab"], false), 64);
     let replay = replay.unwrap();
     drop(first);
     tokio::time::timeout(std::time::Duration::from_secs(1), replay.released())
