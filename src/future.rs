@@ -86,6 +86,9 @@ pub(crate) struct Retry<S, B> {
 type RetryRequest<B> = (Request<ReplayBody<B>>, Lease);
 
 /// Where the recovery is.
+// Always boxed (see `Retry::step`) and made only on the refusal path: the size of its largest
+// variant costs one allocation per refusal, nothing per request.
+#[allow(clippy::large_enum_variant)]
 enum Step<B> {
     /// Waiting for a fresh token.
     Token(LeaseFuture),
