@@ -185,7 +185,43 @@ criterion_group! {
     targets = per_call
 }
 
+/// One configuration's calls, in a function of its own so that callgrind attributes them.
+macro_rules! counted {
+    ($name:ident) => {
+        #[inline(never)]
+        fn $name<S>(service: &mut S, requests: Vec<Request<Full<Bytes>>>)
+        where
+            S: Service<Request<Full<Bytes>>, Response = Response<()>>,
+            S::Error: std::fmt::Debug,
+        {
+            black_box(stringify!($name));
+            for request in requests {
+                black_box(one_call(service, request));
+            }
+        }
+    };
+}
+counted!(calls_bare);
+counted!(calls_add_authorization);
+counted!(calls_retry_off);
+counted!(calls_retry_on);
+
+/// With `LAYER_BENCH_INSTRUCTIONS=1`: 10,000 calls of each configuration and nothing else, for
+/// `valgrind --tool=callgrind`, whose instruction counts (unlike times) repeat exactly.
+fn instruction_counts() {
+    const N: usize = 10_000;
+    let mut s = subjects();
+    let requests = || (0..N).map(|_| request()).collect::<Vec<_>>();
+    calls_bare(&mut Noop, requests());
+    calls_add_authorization(&mut s.baseline, requests());
+    calls_retry_off(&mut s.retry_off, requests());
+    calls_retry_on(&mut s.retry_on, requests());
+}
+
 fn main() {
+    if std::env::var_os("LAYER_BENCH_INSTRUCTIONS").is_some() {
+        return instruction_counts();
+    }
     benches();
     paired_ratios();
     Criterion::default().configure_from_args().final_summary();

@@ -26,10 +26,11 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
+    classify::Classifier,
     error::{BoxError, Error, TokenError},
-    layer::{Core, Counters},
+    layer::Core,
     replay::{Replay, ReplayBody, Take},
-    token::cache::{Acquire, Lease, LeaseFuture},
+    token::cache::{Acquire, Lease, LeaseFuture, RefusalCounters, TokenCache},
 };
 
 pin_project! {
@@ -57,14 +58,33 @@ pin_project! {
         /// No request was sent.
         Failed { error: Option<Error> },
         /// A request that will not be retried; a refusal still invalidates its token.
-        Unretried { #[pin] future: F, generation: u64, core: Arc<Core<S>> },
+        Unretried { #[pin] future: F, refusal: OnRefusal },
         /// The first attempt of a request that may be retried.
         First { #[pin] future: F, retry: Option<Retry<S, B>> },
         /// The first attempt was refused; getting everything ready for the retry. Holds the
         /// refusal (always `Ok`), returned if no retry is possible.
         Recovering { refusal: Option<F::Output>, retry: Retry<S, B> },
         /// The one retry, with the token it carries.
-        Retrying { #[pin] future: F, generation: u64, core: Arc<Core<S>> },
+        Retrying { #[pin] future: F, refusal: OnRefusal },
+    }
+}
+
+/// What a response future that will not retry needs if the response is a refusal: no
+/// reference count, so that nothing shared is written per request.
+pub(crate) struct OnRefusal {
+    pub(crate) classifier: Classifier,
+    pub(crate) cache_id: u64,
+    pub(crate) generation: u64,
+}
+
+impl OnRefusal {
+    /// Whether `response` refuses the token; if so, invalidates the token (by identity).
+    fn check<B>(&self, response: &Response<B>) -> bool {
+        let refused = self.classifier.is_refusal(response);
+        if refused {
+            TokenCache::refused(self.cache_id, self.generation);
+        }
+        refused
     }
 }
 
@@ -108,13 +128,9 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
         }
     }
 
-    pub(crate) fn unretried(future: F, generation: u64, core: Arc<Core<S>>) -> Self {
+    pub(crate) fn unretried(future: F, refusal: OnRefusal) -> Self {
         Self {
-            state: State::Unretried {
-                future,
-                generation,
-                core,
-            },
+            state: State::Unretried { future, refusal },
         }
     }
 
@@ -218,7 +234,12 @@ where
                         // Unreachable: the template is made before any retryable call.
                         return Poll::Ready(Ok(None));
                     };
-                    ready!(service.poll_ready(cx)).map_err(Error::inner)?;
+                    if let Err(err) = ready!(service.poll_ready(cx)) {
+                        // The refusal is a better answer than a readiness error of the clone.
+                        let err: BoxError = err.into();
+                        tracing::debug!(error = %err, "refused request not retried: the inner service is not ready");
+                        return Poll::Ready(Ok(None));
+                    }
                     let retry = request.take().expect("a request is sent only once");
                     return Poll::Ready(Ok(Some(retry)));
                 }
@@ -240,7 +261,7 @@ where
                 tracing::debug!(error = %err, "refused request not retried: no fresh token")
             }
         }
-        Counters::bump(&self.core.counters.same_token);
+        RefusalCounters::bump(&self.core.cache.refusals().no_new_token);
         false
     }
 
@@ -253,7 +274,7 @@ where
             }
         }
         tracing::debug!("refused request not retried: its body cannot be replayed");
-        Counters::bump(&self.core.counters.refused_replays);
+        RefusalCounters::bump(&self.core.cache.refusals().refused_replays);
         None
     }
 
@@ -288,16 +309,9 @@ where
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(error.take().expect("polled after completion")));
                 }
-                StateProj::Unretried {
-                    future,
-                    generation,
-                    core,
-                } => {
+                StateProj::Unretried { future, refusal } => {
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
-                    if core.classifier.is_refusal(&response) {
-                        Counters::bump(&core.counters.refusals);
-                        core.cache.invalidate_generation(*generation);
-                    }
+                    refusal.check(&response);
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::First { future, retry } => {
@@ -308,7 +322,7 @@ where
                         return Poll::Ready(Ok(response));
                     }
                     tracing::debug!(status = %response.status(), "token refused; refreshing and retrying once");
-                    Counters::bump(&core.counters.refusals);
+                    RefusalCounters::bump(&core.cache.refusals().refusals);
                     state.set(State::Recovering {
                         refusal: Some(Ok(response)),
                         retry,
@@ -321,31 +335,25 @@ where
                             return Poll::Ready(refusal.map_err(Error::inner));
                         }
                         Some((request, lease)) => {
-                            Counters::bump(&retry.core.counters.retries);
-                            let core = Arc::clone(&retry.core);
+                            let core = &retry.core;
+                            RefusalCounters::bump(&core.cache.refusals().retries);
+                            let refusal = OnRefusal {
+                                classifier: core.classifier.clone(),
+                                cache_id: core.cache.id(),
+                                generation: lease.generation,
+                            };
                             let service = retry.service.as_mut().expect("made ready above");
                             let future = service.call(request);
                             // Drops the refused response and what the retry no longer needs.
-                            state.set(State::Retrying {
-                                future,
-                                generation: lease.generation,
-                                core,
-                            });
+                            state.set(State::Retrying { future, refusal });
                         }
                     }
                 }
-                StateProj::Retrying {
-                    future,
-                    generation,
-                    core,
-                } => {
+                StateProj::Retrying { future, refusal } => {
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
-                    if core.classifier.is_refusal(&response) {
-                        // Never a second retry; the cache rate-limits the refresh this asks for.
-                        Counters::bump(&core.counters.refusals);
-                        core.cache.invalidate_generation(*generation);
-                    } else {
-                        Counters::bump(&core.counters.successful_retries);
+                    // Never a second retry; the cache rate-limits the refresh a refusal asks for.
+                    if !refusal.check(&response) {
+                        TokenCache::retried(refusal.cache_id);
                     }
                     return Poll::Ready(Ok(response));
                 }

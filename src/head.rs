@@ -89,7 +89,7 @@ impl RequestHead {
         parts.version = self.version;
         parts.extensions = self.extensions.clone();
         parts.uri = self.uri()?;
-        let mut headers = HeaderMap::with_capacity(self.headers);
+        let mut headers = HeaderMap::try_with_capacity(self.headers).ok()?;
         let mut at = self
             .uri
             .iter()

@@ -31,7 +31,6 @@ pub struct BesenderAuthLayer {
     max_replay_bytes: usize,
     replay_wait: Duration,
     classifier: Classifier,
-    counters: Arc<Counters>,
 }
 
 /// What a service and its clones share: one allocation, referenced by each response future.
@@ -41,7 +40,6 @@ pub(crate) struct Core<S> {
     pub(crate) max_replay_bytes: usize,
     pub(crate) replay_wait: Duration,
     pub(crate) classifier: Classifier,
-    pub(crate) counters: Arc<Counters>,
     /// A clone of the inner service that retries are cloned from, made on the first retryable
     /// call. Cloning the inner service for every request in case it is refused (hyper-util's
     /// client: four shared reference counts, bounced between cores) cost ~12% of HTTP/1.1
@@ -56,22 +54,6 @@ impl<S: Clone> Core<S> {
         // Cloning cannot leave the service half-changed: a poisoned lock still holds a service.
         let template = template.lock().unwrap_or_else(|p| p.into_inner());
         Some(template.clone())
-    }
-}
-
-/// Counters of the refusal path; the hot path never touches them.
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) refusals: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) successful_retries: AtomicU64,
-    pub(crate) refused_replays: AtomicU64,
-    pub(crate) same_token: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -109,7 +91,6 @@ impl BesenderAuthLayer {
             max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
             replay_wait: DEFAULT_REPLAY_WAIT,
             classifier: Classifier::Default,
-            counters: Arc::default(),
         }
     }
 
@@ -132,7 +113,7 @@ impl BesenderAuthLayer {
     /// How long a retry waits for the first attempt to let go of the request body, when the
     /// server answered before reading all of it. Default 1 s; past it the refusal is returned.
     pub fn replay_wait(mut self, wait: Duration) -> Self {
-        self.replay_wait = wait;
+        self.replay_wait = wait.min(crate::MAX_TOKEN_LIFETIME);
         self
     }
 
@@ -147,16 +128,17 @@ impl BesenderAuthLayer {
         &self.cache
     }
 
-    /// Counters of refusals and retries, over every service made by this layer and its clones.
+    /// Counters of refusals and retries, over every service that uses this layer's token cache
+    /// (this layer's, its clones', and those of layers made with the same cache).
     pub fn stats(&self) -> AuthStats {
-        let c = &self.counters;
+        let c = self.cache.refusals();
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         AuthStats {
             refusals: get(&c.refusals),
             retries: get(&c.retries),
             successful_retries: get(&c.successful_retries),
             refused_replays: get(&c.refused_replays),
-            not_retried_no_new_token: get(&c.same_token),
+            not_retried_no_new_token: get(&c.no_new_token),
         }
     }
 }
@@ -173,7 +155,6 @@ impl<S> Layer<S> for BesenderAuthLayer {
                 max_replay_bytes: self.max_replay_bytes,
                 replay_wait: self.replay_wait,
                 classifier: self.classifier.clone(),
-                counters: Arc::clone(&self.counters),
                 template: OnceLock::new(),
             }),
         )

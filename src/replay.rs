@@ -206,9 +206,9 @@ impl<B> Replay<B> {
         })
     }
 
-    /// Announces that the retry waits for the first attempt's body, then resolves once it has
-    /// been dropped. Call [`take`](Self::take) after announcing: if the body was released in
-    /// between, the wake-up is a stored permit and this resolves at once.
+    /// Announces that the retry waits for the first attempt's body (after [`take`](Self::take)
+    /// said `Held`), and resolves once it has been dropped: at once if it was dropped in
+    /// between, since the future re-checks `in_use` before each wait.
     pub(crate) fn released(&self) -> impl Future<Output = ()> + Send + 'static
     where
         B: Send + 'static,
@@ -323,6 +323,14 @@ where
             match frame.into_data() {
                 Ok(data) => {
                     let chunk = into_bytes(data);
+                    // Once the response future is gone (it holds the other reference), no
+                    // retry can come: stop keeping frames, and free those kept.
+                    if self.keeps_frames && Arc::strong_count(&self.shared) == 1 {
+                        self.keeps_frames = false;
+                        state.over_cap = true;
+                        state.kept = Vec::new();
+                        state.kept_len = 0;
+                    }
                     if self.keeps_frames && keep(&mut state, shared.cap, &chunk) {
                         self.sent_frames = state.kept.len();
                     }
@@ -361,9 +369,9 @@ where
             Some(rest) => {
                 let rest = rest.size_hint();
                 let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + unsent);
+                hint.set_lower(rest.lower().saturating_add(unsent));
                 if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + unsent);
+                    hint.set_upper(upper.saturating_add(unsent));
                 }
                 hint
             }

@@ -11,8 +11,8 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::{
-    error::{BoxError, Error},
-    future::{ResponseFuture, Retry},
+    error::{BoxError, Error, TokenError},
+    future::{OnRefusal, ResponseFuture, Retry},
     layer::Core,
     replay::ReplayBody,
     token::cache::{Acquire, Lease, LeaseFuture},
@@ -46,6 +46,11 @@ enum Readiness {
     Waiting(LeaseFuture),
     /// `lease` holds a token for the next call; the inner service may not be ready yet.
     Leased,
+    /// No token could be had: the next call fails with this error, without reaching the inner
+    /// service. `poll_ready` reports ready (and asks again each time it is polled): to Tower an
+    /// error from `poll_ready` means the service is dead (a `Buffer` or a balancer would discard
+    /// it), and a token endpoint outage is not that.
+    Failed(TokenError),
 }
 
 impl<S> BesenderAuth<S> {
@@ -93,6 +98,7 @@ impl<S: fmt::Debug> fmt::Debug for BesenderAuth<S> {
             Readiness::Idle => "idle",
             Readiness::Waiting(_) => "waiting for a token",
             Readiness::Leased => "token at hand",
+            Readiness::Failed(_) => "no token",
         };
         f.debug_struct("BesenderAuth")
             .field("inner", &self.inner)
@@ -117,17 +123,23 @@ where
         loop {
             match &mut self.state {
                 Readiness::Leased => break,
-                Readiness::Idle if self.lease.as_ref().is_some_and(|l| cache.is_current(l)) => {
-                    self.state = Readiness::Leased;
-                }
-                Readiness::Idle => match cache.acquire() {
-                    Acquire::Ready(lease) => {
-                        self.lease = Some(lease);
+                Readiness::Idle | Readiness::Failed(_) => {
+                    if self.lease.as_ref().is_some_and(|l| cache.is_current(l)) {
                         self.state = Readiness::Leased;
+                        continue;
                     }
-                    Acquire::Failed(err) => return Poll::Ready(Err(Error::Token(err))),
-                    Acquire::Pending(wait) => self.state = Readiness::Waiting(wait),
-                },
+                    match cache.acquire() {
+                        Acquire::Ready(lease) => {
+                            self.lease = Some(lease);
+                            self.state = Readiness::Leased;
+                        }
+                        Acquire::Failed(err) => {
+                            self.state = Readiness::Failed(err);
+                            return Poll::Ready(Ok(()));
+                        }
+                        Acquire::Pending(wait) => self.state = Readiness::Waiting(wait),
+                    }
+                }
                 Readiness::Waiting(wait) => match wait.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(lease)) => {
@@ -135,8 +147,8 @@ where
                         self.state = Readiness::Leased;
                     }
                     Poll::Ready(Err(err)) => {
-                        self.state = Readiness::Idle;
-                        return Poll::Ready(Err(Error::Token(err)));
+                        self.state = Readiness::Failed(err);
+                        return Poll::Ready(Ok(()));
                     }
                 },
             }
@@ -145,8 +157,21 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let cache = &self.core.cache;
         let lease = match mem::replace(&mut self.state, Readiness::Idle) {
-            Readiness::Leased => self.lease.clone().expect("Leased means a lease is held"),
+            // The inner service may have kept us waiting since the token was leased: use the
+            // cache's current token if this one is no longer it.
+            Readiness::Leased => {
+                let held = self.lease.as_ref().expect("Leased means a lease is held");
+                if cache.is_current(held) {
+                    held.clone()
+                } else {
+                    let fresh = cache.try_lease().unwrap_or_else(|| held.clone());
+                    self.lease = Some(fresh.clone());
+                    fresh
+                }
+            }
+            Readiness::Failed(err) => return ResponseFuture::failed(Error::Token(err)),
             other => {
                 // A Tower contract breach; serve it if a token is cached, without waiting.
                 self.state = other;
@@ -175,6 +200,11 @@ where
             request.map(ReplayBody::passthrough)
         };
         let future = self.inner.call(request);
-        ResponseFuture::unretried(future, lease.generation, Arc::clone(&self.core))
+        let refusal = OnRefusal {
+            classifier: self.core.classifier.clone(),
+            cache_id: self.core.cache.id(),
+            generation: lease.generation,
+        };
+        ResponseFuture::unretried(future, refusal)
     }
 }

@@ -315,7 +315,12 @@ async fn a_failing_token_endpoint_is_a_token_error_and_nothing_is_sent() {
         .build()
         .unwrap();
     let mut service = BesenderAuthLayer::new(source).layer_service(hyper_client(false));
-    let err = timeout(HANG, service.ready()).await.unwrap().unwrap_err();
+    // Ready (an outage is not a dead service, to Tower), but the call fails without being sent.
+    let ready = timeout(HANG, service.ready()).await.unwrap().unwrap();
+    let err = ready
+        .call(post(&server.url(), full_body("{}")))
+        .await
+        .unwrap_err();
     let Error::Token(token_err) = &err else {
         panic!("expected a token error, got {err:?}")
     };

@@ -137,3 +137,80 @@ async fn clones_of_the_service_share_one_cache() {
     }
     assert_eq!(source.calls(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_outage_does_not_kill_a_buffered_service() {
+    let source = TestSource::new(DAY, Duration::ZERO);
+    let inner = Counting::default();
+    let service = ServiceBuilder::new()
+        .buffer(8)
+        .layer(BesenderAuthLayer::from_cache(
+            besender_auth::TokenCache::builder(source.source())
+                .error_hold(Duration::from_secs(1))
+                .build(),
+        ))
+        .service(inner.clone());
+    source.set_down(true);
+    let err = service.clone().oneshot(request()).await.unwrap_err();
+    let err = err
+        .downcast::<besender_auth::Error>()
+        .expect("the layer's error, not Buffer's");
+    assert!(matches!(*err, besender_auth::Error::Token(_)));
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 0);
+
+    source.set_down(false);
+    advance(Duration::from_secs(2)).await;
+    service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+}
+
+/// Ready only after `open` is set.
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Service<Request<ReplayBody<Empty<Bytes>>>> for Gate {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.open.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else {
+            cx.waker().wake_by_ref(); // polled again soon
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, request: Request<ReplayBody<Empty<Bytes>>>) -> Self::Future {
+        let token = request.headers()["authorization"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        self.seen.lock().unwrap().push(token);
+        ready(Ok(Response::new(())))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_after_a_long_wait_for_the_inner_service_carries_the_current_token() {
+    let source = TestSource::new(DAY, Duration::ZERO);
+    let layer = BesenderAuthLayer::new(source.source()).retry(false);
+    let gate = Gate::default();
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(gate.clone());
+    let caller = tokio::spawn(async move { service.oneshot(request()).await });
+    settle().await;
+    assert_eq!(source.calls(), 1, "token leased, inner not ready");
+    // Meanwhile the token is refused elsewhere and replaced.
+    let old = layer.cache().get().await.unwrap();
+    assert!(layer.cache().invalidate(&old));
+    layer.cache().get().await.unwrap();
+    gate.open.store(true, Ordering::SeqCst);
+    caller.await.unwrap().unwrap();
+    assert_eq!(*gate.seen.lock().unwrap(), ["Bearer token-2"]);
+}

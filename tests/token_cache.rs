@@ -367,3 +367,63 @@ async fn refreshes_of_a_fleet_are_spread_by_jitter() {
     let (first, last) = (minutes[0], minutes[minutes.len() - 1]);
     assert!(first >= 20 * 60 && last <= 22 * 60, "{minutes:?}");
 }
+
+/// A runtime per call, each dropped before the alarms and fetches it was given could run: the
+/// cache must still never hand out an expired token.
+#[test]
+fn a_runtime_per_call_never_gets_an_expired_token() {
+    let source = TestSource::new(Duration::from_secs(3), Duration::ZERO);
+    let cache = TokenCache::builder(source.source())
+        .refresh_jitter(0.0)
+        .build();
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let first = paused().block_on(cache.get()).unwrap();
+    let runtime = paused();
+    // Past the refresh point: this call starts a refresh and arms an alarm, then its runtime
+    // is dropped before either task runs.
+    runtime.block_on(async {
+        tokio::time::advance(Duration::from_millis(2_000)).await;
+        cache.get().await.unwrap();
+    });
+    drop(runtime);
+    let runtime = paused();
+    runtime.block_on(async {
+        tokio::time::advance(Duration::from_millis(3_500)).await;
+        let token = cache.get().await.unwrap();
+        assert!(!token.is_expired(), "an expired token was served");
+        assert!(!token.same_token(&first));
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn absurd_settings_do_not_overflow() {
+    let source = TestSource::new(DAY, Duration::ZERO);
+    let cache = TokenCache::builder(source.source())
+        .min_forced_refresh_interval(Duration::MAX)
+        .error_hold(Duration::MAX)
+        .backoff(Duration::MAX, Duration::MAX)
+        .expiry_margin(Duration::MAX)
+        .fetch_timeout(Duration::MAX)
+        .refresh_window(f64::NAN, Duration::MAX)
+        .build();
+    let token = cache.get().await.unwrap();
+    assert!(cache.invalidate(&token));
+    let fresh = cache.get().await.unwrap();
+    assert!(
+        !cache.invalidate(&fresh),
+        "rate-limited for a (capped) year"
+    );
+    source.set_down(true);
+    let cache = TokenCache::builder(source.source())
+        .error_hold(Duration::MAX)
+        .backoff(Duration::MAX, Duration::MAX)
+        .build();
+    assert!(cache.get().await.is_err());
+    assert!(cache.get().await.is_err(), "held, not refetched");
+}

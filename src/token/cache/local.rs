@@ -16,6 +16,7 @@ use std::{
 };
 
 use http::HeaderValue;
+use tokio::time::Instant;
 
 use super::{
     Lease,
@@ -75,15 +76,22 @@ pub(super) fn lease(shared: &Arc<Shared>) -> Option<Lease> {
     }
 }
 
-/// The valid token itself, for [`TokenCache::get`](super::TokenCache::get).
+/// The valid token itself, for [`TokenCache::get`](super::TokenCache::get). Unlike the layer's
+/// read, it also checks the clock: the alarm that would have flagged an expiry may not have run
+/// yet (a runtime idle between `block_on` calls), and `get` promises a valid token.
 pub(super) fn cached_token(shared: &Arc<Shared>) -> Option<Token> {
     let generation = valid_generation(shared)?;
-    let token = with_slot(shared, generation, |slot| slot.entry.token.clone());
-    token.or_else(|| {
-        let entry = shared.current_entry(generation)?;
+    let (entry, copied) = match with_slot(shared, generation, |slot| Arc::clone(&slot.entry)) {
+        Some(entry) => (entry, true),
+        None => (shared.current_entry(generation)?, false),
+    };
+    if !entry.usable_at(Instant::now()) {
+        return None;
+    }
+    if !copied {
         lease_entry(shared, &entry);
-        Some(entry.token.clone())
-    })
+    }
+    Some(entry.token.clone())
 }
 
 /// A lease on `entry`, through this thread's copy (made now if this thread has none yet).

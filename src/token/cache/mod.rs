@@ -2,12 +2,14 @@
 
 mod intern;
 mod local;
+mod registry;
 mod state;
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use http::HeaderValue;
 
+pub(crate) use self::state::RefusalCounters;
 use self::state::{Lookup, Shared};
 use super::{Token, TokenSource};
 use crate::error::TokenError;
@@ -170,6 +172,32 @@ impl TokenCache {
         }
     }
 
+    /// This cache's id, for [`refused`](Self::refused).
+    pub(crate) fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// [`invalidate_generation`](Self::invalidate_generation) on the live cache with this id
+    /// (nothing if it was dropped), and bumps its refusal counter.
+    pub(crate) fn refused(cache_id: u64, generation: u64) {
+        if let Some(shared) = registry::find(cache_id) {
+            RefusalCounters::bump(&shared.refusals.refusals);
+            shared.invalidate(|entry| entry.generation == generation);
+        }
+    }
+
+    /// Counts a retry that was not refused, on the live cache with this id.
+    pub(crate) fn retried(cache_id: u64) {
+        if let Some(shared) = registry::find(cache_id) {
+            RefusalCounters::bump(&shared.refusals.successful_retries);
+        }
+    }
+
+    /// The layer's refusal counters.
+    pub(crate) fn refusals(&self) -> &RefusalCounters {
+        &self.shared.refusals
+    }
+
     /// Like [`invalidate`](Self::invalidate), for the token a [`Lease`] with this generation
     /// came from.
     pub(crate) fn invalidate_generation(&self, generation: u64) -> bool {
@@ -259,6 +287,11 @@ impl fmt::Debug for TokenCacheBuilder {
     }
 }
 
+/// Every duration setting is capped at a year, so that no deadline computed from one can overflow.
+fn capped(duration: Duration) -> Duration {
+    duration.min(crate::MAX_TOKEN_LIFETIME)
+}
+
 impl TokenCacheBuilder {
     /// When to refresh ahead: in the last `fraction` of a token's lifetime, but at least
     /// `min_window` before expiry (and never earlier than half-way through the lifetime).
@@ -274,7 +307,7 @@ impl TokenCacheBuilder {
         } else {
             fraction.clamp(0.0, 0.5)
         };
-        self.config.min_refresh_window = min_window;
+        self.config.min_refresh_window = capped(min_window);
         self
     }
 
@@ -293,7 +326,7 @@ impl TokenCacheBuilder {
     /// A token counts as expired this long before its stated expiry (at most a quarter of its
     /// lifetime), for clock skew and requests in flight. Default 10 s, as Go's x/oauth2.
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
-        self.config.expiry_margin = margin;
+        self.config.expiry_margin = capped(margin);
         self
     }
 
@@ -302,8 +335,8 @@ impl TokenCacheBuilder {
     /// half a minute, slow enough that a down endpoint sees a few requests per minute from each
     /// process, however busy.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.config.backoff_initial = initial;
-        self.config.backoff_max = max.max(initial);
+        self.config.backoff_initial = capped(initial);
+        self.config.backoff_max = capped(max.max(initial));
         self
     }
 
@@ -311,7 +344,7 @@ impl TokenCacheBuilder {
     /// a new fetch is tried (longer once the backoff has grown). Default 1 s, within the 1-5 s
     /// that AWS's cache holds unrecoverable errors.
     pub fn error_hold(mut self, hold: Duration) -> Self {
-        self.config.error_hold = hold;
+        self.config.error_hold = capped(hold);
         self
     }
 
@@ -320,7 +353,7 @@ impl TokenCacheBuilder {
     /// revoked by the server is replaced at once, while a refusal no token can fix costs at most
     /// one token call per 5 s.
     pub fn min_forced_refresh_interval(mut self, interval: Duration) -> Self {
-        self.config.min_forced_interval = interval;
+        self.config.min_forced_interval = capped(interval);
         self
     }
 
@@ -328,7 +361,7 @@ impl TokenCacheBuilder {
     /// them. Default 30 s, above [`BesenderTokenSource`](crate::BesenderTokenSource)'s own 10 s
     /// timeout so that its more precise error wins.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
-        self.config.fetch_timeout = timeout;
+        self.config.fetch_timeout = capped(timeout);
         self
     }
 

@@ -9,8 +9,13 @@
 //!   may use it without the lock. `CHECK` means "take the lock and look at the clock".
 //! - `state` is cleared of `CHECK` only under the lock, and only when an alarm is armed for the
 //!   next instant at which the answer may change (refresh due, retry due, expiry). The alarm
-//!   sets `CHECK` under the lock when it fires, or when its task is dropped without firing (its
-//!   runtime shut down), so a stale "valid" can never outlive the instant it stopped being true.
+//!   sets `CHECK` when it fires, or when its task is dropped without firing (its runtime shut
+//!   down, possibly before it ever ran): its guard exists before the task is spawned and takes
+//!   no lock. A publisher that clears `CHECK` looks at `fired` afterwards and sets `CHECK` again
+//!   if its alarm is already gone (both sides `SeqCst`), so a "valid" never outlives its alarm.
+//!   The alarm runs on the runtime's timer: if the runtime is not driven (a `current_thread`
+//!   runtime idle between `block_on` calls), the first read after a long gap can still see the
+//!   old state. `TokenCache::get` checks the clock itself; the layer lets a refusal repair it.
 //! - A fetch runs on a task of its own and owns its `watch` sender. Once running, it always ends
 //!   in `finish`, even if it is cancelled or the source panics (a drop guard); a task dropped
 //!   before it first ran drops its sender, which `reap_dead_flight` notices. Waiters never hang.
@@ -77,6 +82,13 @@ pub(crate) struct Entry {
 
 type FlightResult = Option<Result<Arc<Entry>, TokenError>>;
 
+impl Entry {
+    /// Whether the token may still be used at `now`.
+    pub(super) fn usable_at(&self, now: Instant) -> bool {
+        now < self.usable_until
+    }
+}
+
 /// A running fetch, as seen by a waiter.
 pub(crate) struct Flight {
     rx: watch::Receiver<FlightResult>,
@@ -132,9 +144,32 @@ pub(crate) struct Shared {
     pub(super) id: u64,
     /// `generation << 1 | CHECK`; see the module invariants.
     pub(super) state: AtomicU64,
+    /// The sequence number of the alarm armed now.
+    pub(super) armed: AtomicU64,
+    /// The sequence number of the last current alarm that fired or died.
+    fired: AtomicU64,
     control: Mutex<Control>,
     source: Box<dyn DynSource>,
     pub(super) config: Config,
+    /// What the layer's services reported about this cache's tokens.
+    pub(crate) refusals: RefusalCounters,
+}
+
+/// Counters of the layer's refusal path, kept with the cache so that response futures reach
+/// them through the cache's id instead of a reference count; the hot path never touches them.
+#[derive(Default)]
+pub(crate) struct RefusalCounters {
+    pub(crate) refusals: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) successful_retries: AtomicU64,
+    pub(crate) refused_replays: AtomicU64,
+    pub(crate) no_new_token: AtomicU64,
+}
+
+impl RefusalCounters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
@@ -144,9 +179,11 @@ impl Shared {
         let id = NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed);
         // Seed per cache, so processes (and caches) started together jitter differently.
         let seed = RandomState::new().hash_one(id) | 1;
-        Arc::new(Self {
+        let shared = Arc::new(Self {
             id,
             state: AtomicU64::new(CHECK),
+            armed: AtomicU64::new(0),
+            fired: AtomicU64::new(0),
             control: Mutex::new(Control {
                 entry: None,
                 generation: 0,
@@ -162,7 +199,10 @@ impl Shared {
             }),
             source,
             config,
-        })
+            refusals: RefusalCounters::default(),
+        });
+        super::registry::register(&shared);
+        shared
     }
 
     fn lock(&self) -> MutexGuard<'_, Control> {
@@ -389,6 +429,12 @@ impl Shared {
     /// alarm for that instant. Without a runtime no alarm can be armed: callers then keep taking
     /// the slow path, which reads the clock itself.
     fn publish_valid(self: &Arc<Self>, control: &mut Control, entry: &Arc<Entry>, now: Instant) {
+        if now >= entry.usable_until {
+            // Reached when a refresh fails after the token's usable time ended.
+            control.entry = None;
+            self.publish_check(control);
+            return;
+        }
         // Next due: expiry while a refresh runs; otherwise the moment a refresh may start.
         let next = match (&control.flight, control.retry_at) {
             (Some(_), _) => entry.usable_until,
@@ -397,21 +443,31 @@ impl Shared {
                 .max(retry_at.unwrap_or(now))
                 .min(entry.usable_until),
         };
-        if self.arm(control, next) {
-            self.state.store(entry.generation << 1, Ordering::Release);
-        } else {
+        if !self.arm(control, next) {
             self.publish_check(control);
+            return;
+        }
+        self.state.store(entry.generation << 1, Ordering::SeqCst);
+        // If the alarm already fired or died, its `CHECK` came before this store: set it again.
+        let seq = control.alarm.as_ref().map(|alarm| alarm.seq);
+        if seq.is_some_and(|seq| self.fired.load(Ordering::SeqCst) == seq) {
+            self.state.fetch_or(CHECK, Ordering::SeqCst);
         }
     }
 
     fn publish_check(&self, control: &Control) {
         let generation = control.entry.as_ref().map_or(0, |e| e.generation);
-        self.state.store(generation << 1 | CHECK, Ordering::Release);
+        self.state.store(generation << 1 | CHECK, Ordering::SeqCst);
     }
 
-    /// Ensures an alarm fires at `at`. Returns false if there is no runtime to run it on.
+    /// Ensures a live alarm fires at `at`. Returns false if there is no runtime to run it on.
     fn arm(self: &Arc<Self>, control: &mut Control, at: Instant) -> bool {
-        if control.alarm.as_ref().is_some_and(|alarm| alarm.at == at) {
+        let live = |alarm: &Alarm| self.fired.load(Ordering::SeqCst) != alarm.seq;
+        if control
+            .alarm
+            .as_ref()
+            .is_some_and(|a| a.at == at && live(a))
+        {
             return true;
         }
         let Ok(runtime) = Handle::try_current() else {
@@ -421,11 +477,16 @@ impl Shared {
             old.handle.abort();
         }
         control.alarm_seq += 1;
-        let shared = Arc::downgrade(self);
         let seq = control.alarm_seq;
+        self.armed.store(seq, Ordering::SeqCst);
+        // Made before the task, so that it runs even if the task is dropped unpolled.
+        let guard = AlarmGuard {
+            shared: Arc::downgrade(self),
+            seq,
+        };
         let handle = runtime
             .spawn(async move {
-                let _guard = AlarmGuard { shared, seq };
+                let _guard = guard;
                 tokio::time::sleep_until(at).await;
             })
             .abort_handle();
@@ -464,6 +525,7 @@ impl Control {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        super::registry::unregister(self.id);
         let control = self.control.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some(alarm) = control.alarm.take() {
             alarm.handle.abort();
@@ -497,9 +559,11 @@ impl Drop for FlightGuard {
                 let err = TokenError::from_source("the token source panicked".into());
                 self.finish(Err(err));
             } else {
-                // Cancelled with its runtime: not the endpoint's fault, so no backoff.
+                // Cancelled with its runtime: not the endpoint's fault, so no backoff. The next
+                // caller re-decides on the slow path (a refresh ahead may be due again).
                 let mut control = self.shared.lock();
                 control.flight = None;
+                self.shared.publish_check(&control);
                 drop(control);
                 if let Some(tx) = self.tx.take() {
                     tx.send_replace(Some(Err(TokenError::new(TokenErrorKind::Cancelled))));
@@ -509,8 +573,9 @@ impl Drop for FlightGuard {
     }
 }
 
-/// Sets `CHECK` when its alarm fires or is dropped unfired (runtime shutdown), unless a newer
-/// alarm replaced it.
+/// Sets `CHECK` when its alarm fires or is dropped unfired (runtime shutdown, even before the
+/// task first ran), unless a newer alarm replaced it. Takes no lock: a runtime that is shutting
+/// down may drop a new task inside `spawn`, while the spawner holds the lock.
 struct AlarmGuard {
     shared: Weak<Shared>,
     seq: u64,
@@ -521,10 +586,9 @@ impl Drop for AlarmGuard {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let mut control = shared.lock();
-        if control.alarm.as_ref().is_some_and(|a| a.seq == self.seq) {
-            control.alarm = None;
-            shared.state.fetch_or(CHECK, Ordering::AcqRel);
+        if shared.armed.load(Ordering::SeqCst) == self.seq {
+            shared.fired.store(self.seq, Ordering::SeqCst);
+            shared.state.fetch_or(CHECK, Ordering::SeqCst);
         }
     }
 }

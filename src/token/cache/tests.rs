@@ -41,3 +41,27 @@ async fn debug_shows_settings_and_stats_but_no_token() {
     assert!(!text.contains("very-secret-token"), "{text}");
     assert!(text.contains("fetches: 1"), "{text}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn get_checks_the_clock_when_the_alarm_has_not_run() {
+    let cache = TokenCache::new(|| async {
+        Ok::<_, std::io::Error>(Token::bearer("abc", Duration::from_secs(100)))
+    });
+    let first = cache.get().await.unwrap();
+    // Disown the alarm, as if its runtime had not run it yet: the state word still says valid.
+    cache
+        .shared
+        .armed
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(200)).await;
+    assert!(
+        cache.cached_header().is_some(),
+        "the layer's read trusts the alarm"
+    );
+    let token = cache.get().await.unwrap();
+    assert!(
+        !token.same_token(&first),
+        "get read the clock and refetched"
+    );
+    assert!(!token.is_expired());
+}
