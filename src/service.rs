@@ -23,7 +23,9 @@ use crate::{
 ///
 /// - `poll_ready` first makes sure a token is at hand (waiting for a fetch if none is cached),
 ///   and only then polls the inner service, so no inner capacity (a `Buffer` slot, a concurrency
-///   permit) is held while a token is fetched.
+///   permit) is held while a token is fetched. If no token can be had, it reports ready anyway
+///   and the next `call` fails with [`Error::Token`](crate::Error::Token) without reaching the
+///   inner service: to Tower, an error from `poll_ready` would mean the service is dead.
 /// - `call` sets `Authorization: Bearer <token>`, marked sensitive, replacing any value the
 ///   caller set, and sends the request.
 /// - A refusal (see [`classify`](crate::classify)) invalidates exactly the refused token, gets a
@@ -68,7 +70,8 @@ impl<S> BesenderAuth<S> {
         &self.inner
     }
 
-    /// The inner service, mutably.
+    /// The inner service, mutably. Retries are cloned from a copy of the inner service made on
+    /// the first retryable call, so changes made here after that are not seen by retries.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
