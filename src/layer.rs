@@ -117,7 +117,7 @@ impl BesenderAuthLayer {
         self
     }
 
-    /// How refusals are recognized. Default: [`DefaultClassifier`].
+    /// How refusals are recognized. Default: [`DefaultClassifier`](crate::DefaultClassifier).
     pub fn classifier(mut self, classifier: impl ClassifyRefusal) -> Self {
         self.classifier = Classifier::Custom(Arc::new(classifier));
         self
