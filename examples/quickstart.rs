@@ -12,6 +12,17 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{ServiceBuilder, ServiceExt};
 
+/// Prints a response's status and body (the fake echoes what it was sent).
+async fn show(response: http::Response<hyper::body::Incoming>) -> Result<(), hyper::Error> {
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    println!(
+        "POST /api/demo -> {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fake = FakeBesender::start().await?;
@@ -38,26 +49,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client.clone().oneshot(request)
     };
 
-    let response = call(r#"{"code": "test", "name": "first call"}"#).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    println!(
-        "POST /api/demo -> {status}: {}",
-        String::from_utf8_lossy(&body)
-    );
+    show(call(r#"{"code": "test", "name": "first call"}"#).await?).await?;
     println!("token calls so far: {}", fake.token_calls());
 
     // The platform revokes every token; the next call is refused with 401, and the layer
     // refreshes the token and sends the call again, once, with the same body.
     fake.revoke_all();
     println!("the server revoked the token");
-    let response = call(r#"{"code": "test", "name": "after revocation"}"#).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    println!(
-        "POST /api/demo -> {status}: {}",
-        String::from_utf8_lossy(&body)
-    );
+    show(call(r#"{"code": "test", "name": "after revocation"}"#).await?).await?;
 
     let stats = layer.stats();
     println!(

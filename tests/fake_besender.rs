@@ -1,5 +1,7 @@
 //! `testing::FakeBesender` behaves as the platform document describes.
 
+mod common;
+
 use std::time::Duration;
 
 use besender_auth::{
@@ -7,18 +9,11 @@ use besender_auth::{
     testing::{FakeBesender, TokenFailure},
 };
 use bytes::Bytes;
+use common::source_for;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
-
-fn source_for(fake: &FakeBesender) -> BesenderTokenSource {
-    BesenderTokenSource::builder(fake.base_url())
-        .client_id(fake.client_id())
-        .client_secret(fake.client_secret())
-        .build()
-        .unwrap()
-}
 
 /// POSTs `body` to `url` with an optional bearer token; returns status, headers, body.
 async fn post(url: &str, bearer: Option<&str>, body: &str) -> (StatusCode, http::HeaderMap, Bytes) {

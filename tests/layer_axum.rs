@@ -5,11 +5,9 @@ mod common;
 use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, routing::post};
-use besender_auth::{
-    BesenderAuth, BesenderAuthLayer, BesenderTokenSource, ReplayBody, testing::FakeBesender,
-};
+use besender_auth::{BesenderAuth, BesenderAuthLayer, ReplayBody, testing::FakeBesender};
 use bytes::Bytes;
-use common::{hyper_client, streaming_body};
+use common::{hyper_client, source_for, streaming_body};
 use http::{Request, Response, header};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -69,12 +67,7 @@ async fn post_streaming(url: &str, len: usize) -> (StatusCode, Bytes, Bytes) {
 #[tokio::test]
 async fn a_proxy_forwards_streaming_bodies_and_survives_a_revoked_token() {
     let fake = Arc::new(FakeBesender::start().await.unwrap());
-    let source = BesenderTokenSource::builder(fake.base_url())
-        .client_id(fake.client_id())
-        .client_secret(fake.client_secret())
-        .build()
-        .unwrap();
-    let layer = BesenderAuthLayer::new(source);
+    let layer = BesenderAuthLayer::new(source_for(&fake));
     let url = start_proxy(&fake, layer.clone()).await;
 
     let (status, echoed, sent) = post_streaming(&url, 16 * 1024).await;

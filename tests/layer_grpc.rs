@@ -24,7 +24,7 @@ use tonic::{
     Code, Status,
     server::{NamedService, UnaryService},
     service::interceptor::InterceptedService,
-    transport::{Endpoint, Server, server::TcpIncoming},
+    transport::{Channel, Endpoint, Server, server::TcpIncoming},
 };
 use tonic_prost::ProstCodec;
 use tower::{Service, ServiceBuilder};
@@ -121,6 +121,27 @@ async fn start_server(auth: AuthState) -> String {
     format!("http://{addr}")
 }
 
+/// A tonic client through the layer. tonic's `Channel` takes its own body type: convert under
+/// the layer.
+fn grpc_client(
+    layer: &BesenderAuthLayer,
+    channel: Channel,
+) -> tonic::client::Grpc<
+    impl tonic::client::GrpcService<
+        tonic::body::Body,
+        Error = besender_auth::Error,
+        ResponseBody = tonic::body::Body,
+    >,
+> {
+    let stack = ServiceBuilder::new()
+        .layer(layer.clone())
+        .map_request(|request: http::Request<ReplayBody<tonic::body::Body>>| {
+            request.map(tonic::body::Body::new)
+        })
+        .service(channel);
+    tonic::client::Grpc::new(stack)
+}
+
 async fn echo<T>(client: &mut tonic::client::Grpc<T>, deny: bool) -> Result<String, Status>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
@@ -157,14 +178,7 @@ async fn unauthenticated_is_retried_once_with_a_fresh_token_and_permission_denie
     let channel = Endpoint::from_shared(url).unwrap().connect().await.unwrap();
     let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
     let layer = BesenderAuthLayer::new(source.source());
-    // tonic's Channel takes its own body type: convert under the layer.
-    let stack = ServiceBuilder::new()
-        .layer(layer.clone())
-        .map_request(|request: http::Request<ReplayBody<tonic::body::Body>>| {
-            request.map(tonic::body::Body::new)
-        })
-        .service(channel);
-    let mut client = tonic::client::Grpc::new(stack);
+    let mut client = grpc_client(&layer, channel);
 
     assert_eq!(echo(&mut client, false).await.unwrap(), "hello");
     assert_eq!(source.calls(), 1);
@@ -198,13 +212,7 @@ async fn a_token_no_refresh_can_fix_returns_unauthenticated_after_one_retry() {
         "forged",
         Duration::from_secs(3600),
     ));
-    let stack = ServiceBuilder::new()
-        .layer(layer.clone())
-        .map_request(|request: http::Request<ReplayBody<tonic::body::Body>>| {
-            request.map(tonic::body::Body::new)
-        })
-        .service(channel);
-    let mut client = tonic::client::Grpc::new(stack);
+    let mut client = grpc_client(&layer, channel);
     let status = echo(&mut client, false).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     // A static token refreshes to itself: no retry is sent.

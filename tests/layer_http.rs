@@ -15,7 +15,7 @@ use besender_auth::{
 use bytes::Bytes;
 use common::{
     AuthServer, Reply, ScriptedServer, TestBody, full_body, hyper_client, refused_addr,
-    source::TestSource, streaming_body,
+    source::TestSource, source_for, streaming_body,
 };
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -28,14 +28,6 @@ type Stack = BesenderAuth<Client<HttpConnector, ReplayBody<TestBody>>>;
 
 /// Generous bound against hangs; never a timing assertion.
 const HANG: Duration = Duration::from_secs(20);
-
-fn source_for(fake: &FakeBesender) -> BesenderTokenSource {
-    BesenderTokenSource::builder(fake.base_url())
-        .client_id(fake.client_id())
-        .client_secret(fake.client_secret())
-        .build()
-        .unwrap()
-}
 
 fn post(url: &str, body: TestBody) -> Request<TestBody> {
     Request::post(url)
@@ -136,14 +128,21 @@ impl LayerService for BesenderAuthLayer {
     }
 }
 
+/// An API that refuses the first token (`token-1`), and a layer whose source issues
+/// `token-1`, `token-2`, ...
+async fn refusing_first_token(h2: bool) -> (AuthServer, TestSource, BesenderAuthLayer, Stack) {
+    let server = AuthServer::start().await;
+    server.refuse("token-1");
+    let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+    let layer = BesenderAuthLayer::new(source.source());
+    let service = layer.layer_service(hyper_client(h2));
+    (server, source, layer, service)
+}
+
 #[tokio::test]
 async fn a_refused_streaming_upload_is_replayed_byte_for_byte() {
     for h2 in [false, true] {
-        let server = AuthServer::start().await;
-        let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
-        server.refuse("token-1");
-        let layer = BesenderAuthLayer::new(source.source());
-        let service = layer.layer_service(hyper_client(h2));
+        let (server, _source, _layer, service) = refusing_first_token(h2).await;
 
         let (body, content) = streaming_body(32 * 1024, async {});
         let response = send(&service, post(&server.url(), body)).await.unwrap();
@@ -163,11 +162,7 @@ async fn a_refused_streaming_upload_is_replayed_byte_for_byte() {
 #[tokio::test]
 async fn a_refused_upload_over_the_cap_returns_the_refusal_unchanged() {
     for h2 in [false, true] {
-        let server = AuthServer::start().await;
-        let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
-        server.refuse("token-1");
-        let layer = BesenderAuthLayer::new(source.source());
-        let service = layer.layer_service(hyper_client(h2));
+        let (server, source, layer, service) = refusing_first_token(h2).await;
 
         let (body, _) = streaming_body(256 * 1024, async {});
         let response = send(&service, post(&server.url(), body)).await.unwrap();

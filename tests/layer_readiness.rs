@@ -15,7 +15,7 @@ use std::{
 
 use besender_auth::{BesenderAuthLayer, ReplayBody, Token};
 use bytes::Bytes;
-use common::source::TestSource;
+use common::{settle, source::TestSource};
 use http::{Request, Response};
 use http_body_util::Empty;
 use tokio::time::{Instant, advance};
@@ -50,12 +50,6 @@ fn request() -> Request<Empty<Bytes>> {
     Request::get("http://127.0.0.1/")
         .body(Empty::new())
         .unwrap()
-}
-
-async fn settle() {
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,17 +5,13 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use besender_auth::{Token, TokenCache, TokenErrorKind};
-use common::source::{SourceDown, TestSource};
+use common::{
+    paused_runtime, settle,
+    source::{SourceDown, TestSource},
+};
 use tokio::time::{Instant, advance, sleep};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// Lets spawned tasks run until they block on something.
-async fn settle() {
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_cold_callers_share_one_fetch() {
@@ -310,16 +306,9 @@ fn a_cache_outlives_the_runtime_it_started_on() {
     let cache = TokenCache::builder(source.source())
         .refresh_jitter(0.0)
         .build();
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
-    let first = paused().block_on(cache.get()).unwrap();
+    let first = paused_runtime().block_on(cache.get()).unwrap();
     // The first runtime, its alarm and its timers are gone; a new one takes over.
-    let runtime = paused();
+    let runtime = paused_runtime();
     runtime.block_on(async {
         let again = cache.get().await.unwrap();
         assert!(again.same_token(&first));
@@ -376,15 +365,8 @@ fn a_runtime_per_call_never_gets_an_expired_token() {
     let cache = TokenCache::builder(source.source())
         .refresh_jitter(0.0)
         .build();
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
-    let first = paused().block_on(cache.get()).unwrap();
-    let runtime = paused();
+    let first = paused_runtime().block_on(cache.get()).unwrap();
+    let runtime = paused_runtime();
     // Past the refresh point: this call starts a refresh and arms an alarm, then its runtime
     // is dropped before either task runs.
     runtime.block_on(async {
@@ -392,7 +374,7 @@ fn a_runtime_per_call_never_gets_an_expired_token() {
         cache.get().await.unwrap();
     });
     drop(runtime);
-    let runtime = paused();
+    let runtime = paused_runtime();
     runtime.block_on(async {
         tokio::time::advance(Duration::from_millis(3_500)).await;
         let token = cache.get().await.unwrap();

@@ -94,36 +94,14 @@ impl ScriptedServer {
         let addr = listener.local_addr().unwrap();
         let captured = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&captured);
-        let task = tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let log = Arc::clone(&log);
-                let reply = reply.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let log = Arc::clone(&log);
-                        let reply = reply.clone();
-                        async move {
-                            let (parts, body) = request.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            log.lock().unwrap().push(Captured {
-                                method: parts.method,
-                                uri: parts.uri,
-                                headers: parts.headers,
-                                body,
-                            });
-                            Ok::<_, Infallible>(respond(reply).await)
-                        }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let task = serve(listener, move |parts, body| {
+            log.lock().unwrap().push(Captured {
+                method: parts.method,
+                uri: parts.uri,
+                headers: parts.headers,
+                body,
+            });
+            respond(reply.clone())
         });
         Self {
             addr,
@@ -145,6 +123,38 @@ impl Drop for ScriptedServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves HTTP/1.1 and h2c on `listener`: each request's body is read in full, then `handle`
+/// answers it.
+fn serve<F, Fut>(listener: TcpListener, handle: F) -> JoinHandle<()>
+where
+    F: Fn(http::request::Parts, Bytes) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Chunks>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let handle = handle.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        Ok::<_, Infallible>(handle(parts, body).await)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }
 
 async fn respond(reply: Reply) -> Response<Chunks> {
@@ -180,6 +190,15 @@ async fn respond(reply: Reply) -> Response<Chunks> {
 pub struct Chunks {
     chunks: VecDeque<Bytes>,
     exact: bool,
+}
+
+impl Chunks {
+    fn exact(body: Bytes) -> Self {
+        Self {
+            chunks: VecDeque::from([body]),
+            exact: true,
+        }
+    }
 }
 
 impl Body for Chunks {
@@ -244,65 +263,39 @@ impl AuthServer {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(Vec::<String>::new()));
         let (log, deny) = (Arc::clone(&seen), Arc::clone(&refused));
-        let task = tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (log, deny) = (Arc::clone(&log), Arc::clone(&deny));
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let (log, deny) = (Arc::clone(&log), Arc::clone(&deny));
-                        async move {
-                            let (parts, body) = request.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let authorization = parts
-                                .headers
-                                .get(http::header::AUTHORIZATION)
-                                .map(|v| v.to_str().unwrap().to_owned());
-                            log.lock().unwrap().push(Seen {
-                                authorization: authorization.clone(),
-                                body_hash: hash_bytes(&body),
-                                body_len: body.len(),
-                            });
-                            let refused = match &authorization {
-                                None => true,
-                                Some(a) => deny
-                                    .lock()
-                                    .unwrap()
-                                    .iter()
-                                    .any(|t| a == &format!("Bearer {t}")),
-                            };
-                            let mut response = if refused {
-                                let mut r = Response::new(Chunks {
-                                    chunks: VecDeque::new(),
-                                    exact: true,
-                                });
-                                *r.status_mut() = StatusCode::UNAUTHORIZED;
-                                r.headers_mut().insert(
-                                    http::header::WWW_AUTHENTICATE,
-                                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
-                                );
-                                r
-                            } else {
-                                Response::new(Chunks {
-                                    chunks: VecDeque::from([body]),
-                                    exact: true,
-                                })
-                            };
-                            response
-                                .headers_mut()
-                                .insert("x-served-by", HeaderValue::from_static("auth-server"));
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let task = serve(listener, move |parts, body| {
+            let authorization = parts
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            log.lock().unwrap().push(Seen {
+                authorization: authorization.clone(),
+                body_hash: hash_bytes(&body),
+                body_len: body.len(),
+            });
+            let refused = match &authorization {
+                None => true,
+                Some(a) => deny
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|t| a == &format!("Bearer {t}")),
+            };
+            let mut response = if refused {
+                let mut r = Response::new(Chunks::exact(Bytes::new()));
+                *r.status_mut() = StatusCode::UNAUTHORIZED;
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                );
+                r
+            } else {
+                Response::new(Chunks::exact(body))
+            };
+            response
+                .headers_mut()
+                .insert("x-served-by", HeaderValue::from_static("auth-server"));
+            std::future::ready(response)
         });
         Self {
             addr,
@@ -382,4 +375,31 @@ where
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(h2)
         .build_http()
+}
+
+/// A `BesenderTokenSource` with the fake's credentials.
+pub fn source_for(
+    fake: &besender_auth::testing::FakeBesender,
+) -> besender_auth::BesenderTokenSource {
+    besender_auth::BesenderTokenSource::builder(fake.base_url())
+        .client_id(fake.client_id())
+        .client_secret(fake.client_secret())
+        .build()
+        .unwrap()
+}
+
+/// Lets spawned tasks run until they block on something.
+pub async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A current-thread runtime on a paused clock, for tests that outlive one runtime.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
 }
