@@ -24,11 +24,15 @@ use tower_http::auth::AddAuthorization;
 
 const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIyIn0.c2lnbmF0dXJl";
 
-/// Answers every request at once and drops it.
-#[derive(Clone, Copy)]
-struct Noop;
+/// Answers every request at once and drops it. The marker only gives each configuration its
+/// own instantiation, so that profilers attribute their costs apart.
+#[derive(Clone, Copy, Default)]
+struct Noop<M = ()>(std::marker::PhantomData<M>);
 
-impl<B> Service<Request<B>> for Noop {
+#[derive(Clone, Copy, Default)]
+struct RetryOn;
+
+impl<B, M> Service<Request<B>> for Noop<M> {
     type Response = Response<()>;
     type Error = Infallible;
     type Future = Ready<Result<Response<()>, Infallible>>;
@@ -99,7 +103,7 @@ struct Subjects {
     _runtime: tokio::runtime::Runtime,
     baseline: AddAuthorization<Noop>,
     retry_off: BesenderAuth<Noop>,
-    retry_on: BesenderAuth<Noop>,
+    retry_on: BesenderAuth<Noop<RetryOn>>,
 }
 
 fn subjects() -> Subjects {
@@ -113,9 +117,9 @@ fn subjects() -> Subjects {
         runtime.block_on(layer.cache().get()).unwrap();
     }
     Subjects {
-        baseline: AddAuthorization::bearer(Noop, TOKEN).as_sensitive(true),
-        retry_off: layer.clone().retry(false).layer(Noop),
-        retry_on: layer.layer(Noop),
+        baseline: AddAuthorization::bearer(Noop::default(), TOKEN).as_sensitive(true),
+        retry_off: layer.clone().retry(false).layer(Noop::default()),
+        retry_on: layer.layer(Noop::default()),
         _runtime: runtime,
     }
 }
@@ -124,7 +128,7 @@ fn per_call(c: &mut Criterion) {
     let mut s = subjects();
     let mut group = c.benchmark_group("per_call");
     group.bench_function("bare no-op", |b| {
-        b.iter_custom(|iters| timed_calls(&mut Noop, iters))
+        b.iter_custom(|iters| timed_calls(&mut Noop::<()>::default(), iters))
     });
     group.bench_function("tower-http AddAuthorization (baseline)", |b| {
         b.iter_custom(|iters| timed_calls(&mut s.baseline, iters))
@@ -212,7 +216,7 @@ fn instruction_counts() {
     const N: usize = 10_000;
     let mut s = subjects();
     let requests = || (0..N).map(|_| request()).collect::<Vec<_>>();
-    calls_bare(&mut Noop, requests());
+    calls_bare(&mut Noop::<()>::default(), requests());
     calls_add_authorization(&mut s.baseline, requests());
     calls_retry_off(&mut s.retry_off, requests());
     calls_retry_on(&mut s.retry_on, requests());

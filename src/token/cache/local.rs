@@ -41,12 +41,14 @@ thread_local! {
 }
 
 /// The valid token's generation, if the hot path may serve it.
+#[inline]
 fn valid_generation(shared: &Shared) -> Option<u64> {
     let state = shared.state.load(Ordering::Acquire);
     (state & CHECK == 0).then_some(state >> 1)
 }
 
 /// Whether the hot path would serve `generation` now.
+#[inline]
 pub(super) fn is_current(shared: &Shared, generation: u64) -> bool {
     valid_generation(shared) == Some(generation)
 }

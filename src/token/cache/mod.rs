@@ -150,6 +150,7 @@ impl TokenCache {
     }
 
     /// Whether `lease` is still the valid token the hot path serves: one atomic load.
+    #[inline]
     pub(crate) fn is_current(&self, lease: &Lease) -> bool {
         local::is_current(&self.shared, lease.generation)
     }
