@@ -9,30 +9,25 @@
 //! (10 s by default), reads at most 64 KiB of response, and refuses plain `http://` except to
 //! loopback unless explicitly allowed.
 
+mod builder;
 mod response;
 
-use std::{fmt, future::Future, net::IpAddr, pin::Pin, sync::Arc, time::Duration};
+pub use builder::BesenderTokenSourceBuilder;
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
-use http_body::Body;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioTimer},
-};
 use serde_json::Value;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt, util::BoxCloneSyncService};
+use tower::{ServiceExt, util::BoxCloneSyncService};
 
 use super::{Token, TokenSource};
-use crate::error::{BesenderError, BesenderErrorKind, BoxError, ConfigError};
+use crate::error::{BesenderError, BesenderErrorKind, BoxError};
 
 /// The path of the token endpoint, below the base URL.
 pub const TOKEN_PATH: &str = "/open/api/v1/access_token";
-
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 type HttpClient =
     BoxCloneSyncService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>;
@@ -139,17 +134,7 @@ impl BesenderTokenSource {
     /// `https://open.example.com`; a path prefix is kept, and a URL that already ends in
     /// `/open/api/v1/access_token` is used as is).
     pub fn builder(base_url: impl Into<String>) -> BesenderTokenSourceBuilder {
-        BesenderTokenSourceBuilder {
-            base_url: base_url.into(),
-            client_id: None,
-            client_secret: None,
-            timeout: DEFAULT_TIMEOUT,
-            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
-            headers: HeaderMap::new(),
-            header_error: None,
-            allow_insecure_http: false,
-            client: None,
-        }
+        BesenderTokenSourceBuilder::new(base_url.into())
     }
 
     /// The full URL of the token endpoint.
@@ -277,269 +262,4 @@ async fn read_capped(
         }
     }
     Ok(Some(Bytes::from(buf)))
-}
-
-/// Configures a [`BesenderTokenSource`]; made by [`BesenderTokenSource::builder`].
-pub struct BesenderTokenSourceBuilder {
-    base_url: String,
-    client_id: Option<ClientId>,
-    client_secret: Option<ClientSecret>,
-    timeout: Duration,
-    max_response_bytes: usize,
-    headers: HeaderMap,
-    header_error: Option<String>,
-    allow_insecure_http: bool,
-    client: Option<HttpClient>,
-}
-
-impl fmt::Debug for BesenderTokenSourceBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BesenderTokenSourceBuilder")
-            .field("base_url", &self.base_url)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret)
-            .field("timeout", &self.timeout)
-            .field("max_response_bytes", &self.max_response_bytes)
-            .field("extra_headers", &self.headers.keys().collect::<Vec<_>>())
-            .field("allow_insecure_http", &self.allow_insecure_http)
-            .field("custom_http_client", &self.client.is_some())
-            .finish()
-    }
-}
-
-impl BesenderTokenSourceBuilder {
-    /// The client ID from the Besender platform. `.client_id(19)` is sent as the JSON number
-    /// `19`, `.client_id("abc")` as the JSON string `"abc"`. Required.
-    pub fn client_id(mut self, client_id: impl Into<ClientId>) -> Self {
-        self.client_id = Some(client_id.into());
-        self
-    }
-
-    /// The client secret from the Besender platform. Required. Never shown by `Debug` or in errors.
-    pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
-        self.client_secret = Some(ClientSecret(client_secret.into()));
-        self
-    }
-
-    /// Gives up on a token call that has not fully answered (connect, headers and body) after
-    /// this long. Default 10 s: long enough for a slow endpoint, short enough that a dead one
-    /// is reported while callers still wait.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The largest token response read, in bytes. Default 64 KiB; a real answer is about 2 KiB.
-    pub fn max_response_bytes(mut self, limit: usize) -> Self {
-        self.max_response_bytes = limit;
-        self
-    }
-
-    /// Adds a header to every token request (for example a gateway key). `Content-Type` and
-    /// `Accept` are always `application/json`. An invalid name or value is reported by
-    /// [`build`](Self::build).
-    pub fn header<K, V>(mut self, name: K, value: V) -> Self
-    where
-        K: TryInto<HeaderName>,
-        V: TryInto<HeaderValue>,
-    {
-        match (name.try_into(), value.try_into()) {
-            (Ok(name), Ok(mut value)) => {
-                value.set_sensitive(true);
-                self.headers.append(name, value);
-            }
-            (Err(_), _) => self.header_error = Some("an extra header has an invalid name".into()),
-            (_, Err(_)) => {
-                self.header_error = Some("an extra header has an invalid value".into());
-            }
-        }
-        self
-    }
-
-    /// Allows a plain `http://` base URL on a host that is not loopback. Off by default: over
-    /// plain HTTP the client secret and every token travel in clear text.
-    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
-        self.allow_insecure_http = allow;
-        self
-    }
-
-    /// The HTTP client for token calls: any cloneable Tower service from
-    /// `Request<Full<Bytes>>` to an HTTP response. Default: a hyper-util legacy client over plain
-    /// TCP. Pass a TLS-capable client (for example hyper-rustls) to use an `https://` base URL.
-    ///
-    /// The client must not follow redirects: a redirect is reported as
-    /// [`BesenderErrorKind::Redirect`] only if it reaches this source.
-    pub fn http_client<C, B>(mut self, client: C) -> Self
-    where
-        C: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        C::Error: Into<BoxError>,
-        C::Future: Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let client = client
-            .map_response(|response: Response<B>| {
-                response.map(|body| body.map_err(Into::into).boxed_unsync())
-            })
-            .map_err(Into::into);
-        self.client = Some(BoxCloneSyncService::new(client));
-        self
-    }
-
-    /// Checks the configuration and builds the source.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] if the client ID or secret is missing, the base URL is not an absolute
-    /// `http(s)://` URL or carries credentials, a query or a fragment, an extra header is invalid,
-    /// or the URL is plain `http://` to a host that is not loopback without
-    /// [`allow_insecure_http`](Self::allow_insecure_http).
-    pub fn build(self) -> Result<BesenderTokenSource, ConfigError> {
-        if let Some(reason) = self.header_error {
-            return Err(ConfigError::new(reason));
-        }
-        let client_id = self
-            .client_id
-            .ok_or_else(|| ConfigError::new("client_id is required"))?;
-        let secret = self
-            .client_secret
-            .ok_or_else(|| ConfigError::new("client_secret is required"))?;
-        if secret.0.is_empty() {
-            return Err(ConfigError::new("client_secret is empty"));
-        }
-        if self.timeout.is_zero() {
-            return Err(ConfigError::new("the timeout must be longer than zero"));
-        }
-        let uri = endpoint_uri(&self.base_url)?;
-        let secure = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        if secure && self.client.is_none() {
-            return Err(ConfigError::new(
-                "https:// needs TLS, which the built-in client does not have yet (a `rustls` \
-                 feature is planned); pass a TLS-capable client with `.http_client(..)`",
-            ));
-        }
-        let host = uri.host().unwrap_or_default();
-        if !secure && !self.allow_insecure_http && !is_loopback(host) {
-            return Err(ConfigError::new(format!(
-                "refusing to send the client secret over plain http:// to {host}; use https://, \
-                 or `.allow_insecure_http(true)` if the network is trusted"
-            )));
-        }
-        let body = serde_json::json!({
-            "client_id": client_id.to_json(),
-            "client_secret": secret.0,
-        });
-        let body = Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serializes"));
-        let client = self.client.unwrap_or_else(default_client);
-        Ok(BesenderTokenSource {
-            inner: Arc::new(Inner {
-                endpoint: Arc::from(uri.to_string()),
-                uri,
-                client_id,
-                secret,
-                body,
-                timeout: self.timeout,
-                max_response_bytes: self.max_response_bytes,
-                headers: self.headers,
-                client,
-            }),
-        })
-    }
-}
-
-fn default_client() -> HttpClient {
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .build_http::<Full<Bytes>>();
-    let client = client
-        .map_response(|response: Response<hyper::body::Incoming>| {
-            response.map(|body| body.map_err(Into::into).boxed_unsync())
-        })
-        .map_err(BoxError::from);
-    BoxCloneSyncService::new(client)
-}
-
-/// `{base}/open/api/v1/access_token`, checked.
-fn endpoint_uri(base_url: &str) -> Result<Uri, ConfigError> {
-    let bad = |why: &str| ConfigError::new(format!("base URL {base_url:?} {why}"));
-    let base: Uri = base_url
-        .trim()
-        .parse()
-        .map_err(|_| bad("is not a valid URL"))?;
-    let scheme = base.scheme_str().ok_or_else(|| bad("has no scheme"))?;
-    if scheme != "http" && scheme != "https" {
-        return Err(bad("must start with http:// or https://"));
-    }
-    let authority = base.authority().ok_or_else(|| bad("has no host"))?;
-    if authority.as_str().contains('@') {
-        // Do not echo it: the user part may be a password.
-        return Err(ConfigError::new("the base URL must not carry credentials"));
-    }
-    if base.query().is_some() || base_url.contains('#') {
-        return Err(bad("must not have a query or a fragment"));
-    }
-    let prefix = base.path().trim_end_matches('/');
-    let path = if prefix.ends_with(TOKEN_PATH) {
-        prefix.to_owned()
-    } else {
-        format!("{prefix}{TOKEN_PATH}")
-    };
-    format!("{scheme}://{authority}{path}")
-        .parse()
-        .map_err(|_| bad("cannot be joined with the token path"))
-}
-
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_is_joined_below_the_base_path() {
-        let uri = |base| endpoint_uri(base).unwrap().to_string();
-        assert_eq!(
-            uri("http://127.0.0.1:8080"),
-            "http://127.0.0.1:8080/open/api/v1/access_token"
-        );
-        assert_eq!(
-            uri("https://open.example.com/gw/"),
-            "https://open.example.com/gw/open/api/v1/access_token"
-        );
-        assert_eq!(
-            uri("https://h.example/open/api/v1/access_token"),
-            "https://h.example/open/api/v1/access_token"
-        );
-    }
-
-    #[test]
-    fn endpoint_refuses_credentials_queries_and_other_schemes() {
-        for base in [
-            "ftp://h.example",
-            "h.example",
-            "https://user:pw@h.example",
-            "https://h.example/?a=1",
-            "https://h.example/#x",
-            "not a url",
-        ] {
-            assert!(endpoint_uri(base).is_err(), "{base} was accepted");
-        }
-        let err = endpoint_uri("https://user:pw@h.example").unwrap_err();
-        assert!(!err.to_string().contains("pw"));
-    }
-
-    #[test]
-    fn loopback_hosts_are_recognized() {
-        for host in ["127.0.0.1", "127.3.2.1", "[::1]", "localhost", "LOCALHOST"] {
-            assert!(is_loopback(host), "{host}");
-        }
-        for host in ["10.0.0.1", "example.com", "[::2]", "localhost.example.com"] {
-            assert!(!is_loopback(host), "{host}");
-        }
-    }
 }

@@ -1,5 +1,7 @@
 //! `TokenCache`: one token shared by every caller, fetched once, refreshed ahead of expiry.
 
+mod alarm;
+mod flight;
 mod intern;
 mod local;
 mod registry;
@@ -276,7 +278,7 @@ impl Default for Config {
 ///     .build();
 /// ```
 pub struct TokenCacheBuilder {
-    source: Box<dyn state::DynSource>,
+    source: Box<dyn flight::DynSource>,
     config: Config,
 }
 

@@ -19,45 +19,32 @@
 //! - A fetch runs on a task of its own and owns its `watch` sender. Once running, it always ends
 //!   in `finish`, even if it is cancelled or the source panics (a drop guard); a task dropped
 //!   before it first ran drops its sender, which `reap_dead_flight` notices. Waiters never hang.
-//! - The drop guards of tasks take the lock, so they are created inside the task, on its first
-//!   poll: a runtime that is shutting down may drop a new task synchronously inside `spawn`,
-//!   while we hold the lock.
+//! - A fetch's drop guard takes the lock, so it is created inside the task, on its first poll: a
+//!   runtime that is shutting down may drop a new task synchronously inside `spawn`, while we
+//!   hold the lock. An alarm's guard takes no lock and exists before its task.
+//!
+//! Fetches (`flight.rs`) and alarms (`alarm.rs`) live in modules of their own.
 
 use std::{
-    future::Future,
     hash::{BuildHasher, RandomState},
-    pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use http::HeaderValue;
-use tokio::{runtime::Handle, sync::watch, task::AbortHandle, time::Instant};
+use tokio::{sync::watch, time::Instant};
 
-use super::{CacheStats, Config};
-use crate::{
-    error::{BoxError, TokenError, TokenErrorKind},
-    token::{Token, TokenSource},
+use super::{
+    CacheStats, Config,
+    alarm::Alarm,
+    flight::{DynSource, Flight, FlightResult},
 };
+use crate::{error::TokenError, token::Token};
 
 pub(super) const CHECK: u64 = 1;
-
-type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send>>;
-
-/// A [`TokenSource`] with its types erased, so the cache (and the layer) need no type parameter.
-pub(super) trait DynSource: Send + Sync {
-    fn fetch(&self) -> FetchFuture;
-}
-
-impl<T: TokenSource> DynSource for T {
-    fn fetch(&self) -> FetchFuture {
-        let fetch = TokenSource::fetch(self);
-        Box::pin(async move { fetch.await.map_err(Into::into) })
-    }
-}
 
 /// How a token was obtained: forced refreshes are rate-limited, normal fetches are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,30 +67,10 @@ pub(crate) struct Entry {
     usable_until: Instant,
 }
 
-type FlightResult = Option<Result<Arc<Entry>, TokenError>>;
-
 impl Entry {
     /// Whether the token may still be used at `now`.
     pub(super) fn usable_at(&self, now: Instant) -> bool {
         now < self.usable_until
-    }
-}
-
-/// A running fetch, as seen by a waiter.
-pub(crate) struct Flight {
-    rx: watch::Receiver<FlightResult>,
-}
-
-impl Flight {
-    /// Waits for the fetch to finish.
-    pub(crate) async fn wait(mut self) -> Result<Arc<Entry>, TokenError> {
-        match self.rx.wait_for(Option::is_some).await {
-            Ok(result) => result
-                .clone()
-                .expect("wait_for returns only a finished result"),
-            // The task was dropped before it first ran (its runtime shut down).
-            Err(_closed) => Err(TokenError::new(TokenErrorKind::Cancelled)),
-        }
     }
 }
 
@@ -114,29 +81,23 @@ pub(crate) enum Lookup {
     Wait(Flight),
 }
 
-struct Alarm {
-    at: Instant,
-    seq: u64,
-    handle: AbortHandle,
-}
-
-struct Control {
+pub(super) struct Control {
     /// The token served; `None` once it expired or was invalidated.
-    entry: Option<Arc<Entry>>,
+    pub(super) entry: Option<Arc<Entry>>,
     /// The generation of the newest entry ever made.
-    generation: u64,
-    flight: Option<watch::Receiver<FlightResult>>,
+    pub(super) generation: u64,
+    pub(super) flight: Option<watch::Receiver<FlightResult>>,
     /// Consecutive failed fetches.
-    failures: u32,
-    last_error: Option<TokenError>,
+    pub(super) failures: u32,
+    pub(super) last_error: Option<TokenError>,
     /// No fetch starts before this instant (except a forced one), after a failure.
-    retry_at: Option<Instant>,
+    pub(super) retry_at: Option<Instant>,
     /// When the last forced refresh started.
-    last_forced: Option<Instant>,
-    alarm: Option<Alarm>,
-    alarm_seq: u64,
-    rng: u64,
-    stats: CacheStats,
+    pub(super) last_forced: Option<Instant>,
+    pub(super) alarm: Option<Alarm>,
+    pub(super) alarm_seq: u64,
+    pub(super) rng: u64,
+    pub(super) stats: CacheStats,
 }
 
 pub(crate) struct Shared {
@@ -147,9 +108,9 @@ pub(crate) struct Shared {
     /// The sequence number of the alarm armed now.
     pub(super) armed: AtomicU64,
     /// The sequence number of the last current alarm that fired or died.
-    fired: AtomicU64,
+    pub(super) fired: AtomicU64,
     control: Mutex<Control>,
-    source: Box<dyn DynSource>,
+    pub(super) source: Box<dyn DynSource>,
     pub(super) config: Config,
     /// What the layer's services reported about this cache's tokens.
     pub(crate) refusals: RefusalCounters,
@@ -205,7 +166,7 @@ impl Shared {
         shared
     }
 
-    fn lock(&self) -> MutexGuard<'_, Control> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Control> {
         // Every critical section leaves `Control` consistent before anything that can panic,
         // so a poisoned lock still guards valid state.
         self.control
@@ -303,44 +264,11 @@ impl Shared {
         true
     }
 
-    fn spawn_fetch(
+    pub(super) fn finish(
         self: &Arc<Self>,
-        control: &mut Control,
+        result: Result<Token, TokenError>,
         origin: Origin,
-    ) -> Result<watch::Receiver<FlightResult>, TokenError> {
-        let runtime =
-            Handle::try_current().map_err(|_| TokenError::new(TokenErrorKind::NoRuntime))?;
-        let (tx, rx) = watch::channel(None);
-        control.flight = Some(rx.clone());
-        control.stats.fetches += 1;
-        let shared = Arc::clone(self);
-        runtime.spawn(async move {
-            let mut guard = FlightGuard {
-                shared,
-                tx: Some(tx),
-                origin,
-            };
-            let result = guard.shared.fetch().await;
-            guard.finish(result);
-        });
-        Ok(rx)
-    }
-
-    /// One call to the source, bounded by the fetch timeout, checked for usability.
-    async fn fetch(&self) -> Result<Token, TokenError> {
-        let timeout = self.config.fetch_timeout;
-        let token = match tokio::time::timeout(timeout, self.source.fetch()).await {
-            Ok(Ok(token)) => token,
-            Ok(Err(err)) => return Err(TokenError::from_source(err)),
-            Err(_elapsed) => {
-                return Err(TokenError::new(TokenErrorKind::Timeout { after: timeout }));
-            }
-        };
-        token.check()?;
-        Ok(token)
-    }
-
-    fn finish(self: &Arc<Self>, result: Result<Token, TokenError>, origin: Origin) -> FlightResult {
+    ) -> FlightResult {
         let mut control = self.lock();
         control.flight = None;
         let now = Instant::now();
@@ -455,47 +383,9 @@ impl Shared {
         }
     }
 
-    fn publish_check(&self, control: &Control) {
+    pub(super) fn publish_check(&self, control: &Control) {
         let generation = control.entry.as_ref().map_or(0, |e| e.generation);
         self.state.store(generation << 1 | CHECK, Ordering::SeqCst);
-    }
-
-    /// Ensures a live alarm fires at `at`. Returns false if there is no runtime to run it on.
-    fn arm(self: &Arc<Self>, control: &mut Control, at: Instant) -> bool {
-        let live = |alarm: &Alarm| self.fired.load(Ordering::SeqCst) != alarm.seq;
-        if control
-            .alarm
-            .as_ref()
-            .is_some_and(|a| a.at == at && live(a))
-        {
-            return true;
-        }
-        let Ok(runtime) = Handle::try_current() else {
-            return false;
-        };
-        if let Some(old) = control.alarm.take() {
-            old.handle.abort();
-        }
-        control.alarm_seq += 1;
-        let seq = control.alarm_seq;
-        self.armed.store(seq, Ordering::SeqCst);
-        // Made before the task, so that it runs even if the task is dropped unpolled.
-        let guard = AlarmGuard {
-            shared: Arc::downgrade(self),
-            seq,
-        };
-        let handle = runtime
-            .spawn(async move {
-                let _guard = guard;
-                tokio::time::sleep_until(at).await;
-            })
-            .abort_handle();
-        control.alarm = Some(Alarm {
-            at,
-            seq: control.alarm_seq,
-            handle,
-        });
-        true
     }
 }
 
@@ -529,66 +419,6 @@ impl Drop for Shared {
         let control = self.control.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some(alarm) = control.alarm.take() {
             alarm.handle.abort();
-        }
-    }
-}
-
-/// Ends every fetch in `finish`: normally with its result, or, if the task is dropped first
-/// (its runtime shut down) or the source panicked, with an error, so waiters never hang and a
-/// new fetch can start.
-struct FlightGuard {
-    shared: Arc<Shared>,
-    tx: Option<watch::Sender<FlightResult>>,
-    origin: Origin,
-}
-
-impl FlightGuard {
-    fn finish(&mut self, result: Result<Token, TokenError>) {
-        if let Some(tx) = self.tx.take() {
-            let outcome = self.shared.finish(result, self.origin);
-            tx.send_replace(outcome);
-        }
-    }
-}
-
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        if self.tx.is_some() {
-            if std::thread::panicking() {
-                // A panicking source is a failure like any other, with backoff.
-                let err = TokenError::from_source("the token source panicked".into());
-                self.finish(Err(err));
-            } else {
-                // Cancelled with its runtime: not the endpoint's fault, so no backoff. The next
-                // caller re-decides on the slow path (a refresh ahead may be due again).
-                let mut control = self.shared.lock();
-                control.flight = None;
-                self.shared.publish_check(&control);
-                drop(control);
-                if let Some(tx) = self.tx.take() {
-                    tx.send_replace(Some(Err(TokenError::new(TokenErrorKind::Cancelled))));
-                }
-            }
-        }
-    }
-}
-
-/// Sets `CHECK` when its alarm fires or is dropped unfired (runtime shutdown, even before the
-/// task first ran), unless a newer alarm replaced it. Takes no lock: a runtime that is shutting
-/// down may drop a new task inside `spawn`, while the spawner holds the lock.
-struct AlarmGuard {
-    shared: Weak<Shared>,
-    seq: u64,
-}
-
-impl Drop for AlarmGuard {
-    fn drop(&mut self) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        if shared.armed.load(Ordering::SeqCst) == self.seq {
-            shared.fired.store(self.seq, Ordering::SeqCst);
-            shared.state.fetch_or(CHECK, Ordering::SeqCst);
         }
     }
 }

@@ -1,0 +1,75 @@
+//! Alarms: the timer that sets `CHECK` when something becomes due; see the invariants in
+//! `state.rs`.
+
+use std::sync::{Arc, Weak, atomic::Ordering};
+
+use tokio::{runtime::Handle, task::AbortHandle, time::Instant};
+
+use super::state::{CHECK, Control, Shared};
+
+/// The alarm armed now.
+pub(super) struct Alarm {
+    pub(super) at: Instant,
+    pub(super) seq: u64,
+    pub(super) handle: AbortHandle,
+}
+
+impl Shared {
+    /// Ensures a live alarm fires at `at`. Returns false if there is no runtime to run it on.
+    pub(super) fn arm(self: &Arc<Self>, control: &mut Control, at: Instant) -> bool {
+        let live = |alarm: &Alarm| self.fired.load(Ordering::SeqCst) != alarm.seq;
+        if control
+            .alarm
+            .as_ref()
+            .is_some_and(|a| a.at == at && live(a))
+        {
+            return true;
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            return false;
+        };
+        if let Some(old) = control.alarm.take() {
+            old.handle.abort();
+        }
+        control.alarm_seq += 1;
+        let seq = control.alarm_seq;
+        self.armed.store(seq, Ordering::SeqCst);
+        // Made before the task, so that it runs even if the task is dropped unpolled.
+        let guard = AlarmGuard {
+            shared: Arc::downgrade(self),
+            seq,
+        };
+        let handle = runtime
+            .spawn(async move {
+                let _guard = guard;
+                tokio::time::sleep_until(at).await;
+            })
+            .abort_handle();
+        control.alarm = Some(Alarm {
+            at,
+            seq: control.alarm_seq,
+            handle,
+        });
+        true
+    }
+}
+
+/// Sets `CHECK` when its alarm fires or is dropped unfired (runtime shutdown, even before the
+/// task first ran), unless a newer alarm replaced it. Takes no lock: a runtime that is shutting
+/// down may drop a new task inside `spawn`, while the spawner holds the lock.
+struct AlarmGuard {
+    shared: Weak<Shared>,
+    seq: u64,
+}
+
+impl Drop for AlarmGuard {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        if shared.armed.load(Ordering::SeqCst) == self.seq {
+            shared.fired.store(self.seq, Ordering::SeqCst);
+            shared.state.fetch_or(CHECK, Ordering::SeqCst);
+        }
+    }
+}
