@@ -121,7 +121,8 @@ impl BesenderTokenSourceBuilder {
     /// TCP. Pass a TLS-capable client (for example hyper-rustls) to use an `https://` base URL.
     ///
     /// The client must not follow redirects: a redirect is reported as
-    /// [`BesenderErrorKind::Redirect`] only if it reaches this source.
+    /// [`BesenderErrorKind::Redirect`](crate::BesenderErrorKind::Redirect) only if it reaches
+    /// this source.
     pub fn http_client<C, B>(mut self, client: C) -> Self
     where
         C: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
