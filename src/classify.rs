@@ -51,26 +51,32 @@ const GRPC_UNAUTHENTICATED: &[u8] = b"16";
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 impl ClassifyRefusal for DefaultClassifier {
+    // Inlined into every response future: nearly every response takes the two cheap checks.
+    #[inline]
     fn is_refusal(&self, status: StatusCode, headers: &HeaderMap) -> bool {
         if let Some(grpc_status) = headers.get(&GRPC_STATUS) {
             return grpc_status.as_bytes().trim_ascii() == GRPC_UNAUTHENTICATED;
         }
-        if status != StatusCode::UNAUTHORIZED {
-            return false;
-        }
-        let mut hopeless = false;
-        for value in headers.get_all(WWW_AUTHENTICATE) {
-            let Ok(value) = value.to_str() else { continue };
-            for error in bearer_errors(value) {
-                if error.eq_ignore_ascii_case("invalid_token") {
-                    return true;
-                }
-                hopeless |= error.eq_ignore_ascii_case("insufficient_scope")
-                    || error.eq_ignore_ascii_case("invalid_request");
-            }
-        }
-        !hopeless
+        status == StatusCode::UNAUTHORIZED && unauthorized_is_refusal(headers)
     }
+}
+
+/// Whether a 401 may be fixed by a new token (RFC 6750: not for `insufficient_scope` or
+/// `invalid_request`).
+#[cold]
+fn unauthorized_is_refusal(headers: &HeaderMap) -> bool {
+    let mut hopeless = false;
+    for value in headers.get_all(WWW_AUTHENTICATE) {
+        let Ok(value) = value.to_str() else { continue };
+        for error in bearer_errors(value) {
+            if error.eq_ignore_ascii_case("invalid_token") {
+                return true;
+            }
+            hopeless |= error.eq_ignore_ascii_case("insufficient_scope")
+                || error.eq_ignore_ascii_case("invalid_request");
+        }
+    }
+    !hopeless
 }
 
 /// The layer's classifier: the default one is matched statically, so it costs no indirect call.
@@ -81,6 +87,7 @@ pub(crate) enum Classifier {
 }
 
 impl Classifier {
+    #[inline]
     pub(crate) fn is_refusal<B>(&self, response: &Response<B>) -> bool {
         let (status, headers) = (response.status(), response.headers());
         match self {

@@ -161,27 +161,28 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let cache = &self.core.cache;
-        let lease = match mem::replace(&mut self.state, Readiness::Idle) {
+        let lease = if let Readiness::Leased = self.state {
+            self.state = Readiness::Idle;
             // The inner service may have kept us waiting since the token was leased: use the
             // cache's current token if this one is no longer it.
-            Readiness::Leased => {
-                let held = self.lease.as_ref().expect("Leased means a lease is held");
-                if cache.is_current(held) {
-                    held.clone()
-                } else {
-                    let fresh = cache.try_lease().unwrap_or_else(|| held.clone());
-                    self.lease = Some(fresh.clone());
-                    fresh
-                }
+            let held = self.lease.as_ref().expect("Leased means a lease is held");
+            if cache.is_current(held) {
+                held.clone()
+            } else {
+                let fresh = cache.try_lease().unwrap_or_else(|| held.clone());
+                self.lease = Some(fresh.clone());
+                fresh
             }
-            Readiness::Failed(err) => return ResponseFuture::failed(Error::Token(err)),
-            other => {
-                // A Tower contract breach; serve it if a token is cached, without waiting.
-                self.state = other;
-                match self.core.cache.try_lease() {
-                    Some(lease) => lease,
-                    None => return ResponseFuture::failed(Error::NotReady),
-                }
+        } else if let Readiness::Failed(_) = self.state {
+            let Readiness::Failed(err) = mem::replace(&mut self.state, Readiness::Idle) else {
+                unreachable!("matched above")
+            };
+            return ResponseFuture::failed(Error::Token(err));
+        } else {
+            // A Tower contract breach; serve it if a token is cached, without waiting.
+            match cache.try_lease() {
+                Some(lease) => lease,
+                None => return ResponseFuture::failed(Error::NotReady),
             }
         };
         request
