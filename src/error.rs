@@ -372,8 +372,8 @@ pub enum Error {
     Token(TokenError),
     /// The inner service (the HTTP client) failed.
     Inner(BoxError),
-    /// `call` was made without a successful `poll_ready` first (a Tower contract breach) and no
-    /// token was at hand; the request was not sent.
+    /// `call` was made without a successful `poll_ready` first (a Tower contract breach); the
+    /// request was not sent.
     NotReady,
 }
 
@@ -388,10 +388,9 @@ impl fmt::Display for Error {
         match self {
             Error::Token(err) => write!(f, "{err}"),
             Error::Inner(err) => write!(f, "the request failed: {err}"),
-            Error::NotReady => f.write_str(
-                "the service was called before `poll_ready` returned ready, and no access token \
-                 was at hand",
-            ),
+            Error::NotReady => {
+                f.write_str("the service was called before `poll_ready` returned ready")
+            }
         }
     }
 }

@@ -179,11 +179,9 @@ where
             };
             return ResponseFuture::failed(Error::Token(err));
         } else {
-            // A Tower contract breach; serve it if a token is cached, without waiting.
-            match cache.try_lease() {
-                Some(lease) => lease,
-                None => return ResponseFuture::failed(Error::NotReady),
-            }
+            // A Tower contract breach. Calling the inner service unpolled could make it panic
+            // (a `Buffer` does), so the request is not sent.
+            return ResponseFuture::failed(Error::NotReady);
         };
         request
             .headers_mut()

@@ -342,7 +342,7 @@ async fn a_failing_inner_service_is_an_inner_error() {
 }
 
 #[tokio::test]
-async fn calling_without_poll_ready_and_no_token_is_an_error_not_a_panic() {
+async fn calling_without_poll_ready_is_an_error_not_a_panic() {
     let fake = FakeBesender::start().await.unwrap();
     let mut service = BesenderAuthLayer::new(source_for(&fake)).layer_service(hyper_client(false));
     let err = service
