@@ -162,11 +162,9 @@ where
     S::Error: Into<BoxError>,
     B: Send + 'static,
 {
-    /// Drives the recovery. `Ok(None)`: no retry is possible, return the original response.
-    fn poll_recover(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<RetryRequest<B>>, Error>> {
+    /// Drives the recovery to a retry whose service is ready, or to `None`: no retry is
+    /// possible, return the original response.
+    fn poll_recover(&mut self, cx: &mut Context<'_>) -> Poll<Option<RetryRequest<B>>> {
         loop {
             let Some(step) = self.step.as_deref_mut() else {
                 // Just refused: drop the refused token, get a fresh one.
@@ -181,7 +179,7 @@ where
                     }
                 };
                 if !self.got_token(fresh) {
-                    return Poll::Ready(Ok(None));
+                    return Poll::Ready(None);
                 }
                 continue;
             };
@@ -189,7 +187,7 @@ where
                 Step::Token(wait) => {
                     let fresh = ready!(wait.as_mut().poll(cx));
                     if !self.got_token(fresh) {
-                        return Poll::Ready(Ok(None));
+                        return Poll::Ready(None);
                     }
                 }
                 Step::Body {
@@ -204,16 +202,24 @@ where
                     if !released {
                         // Past the wait: one last look, then give up.
                         let lease = lease.clone();
-                        return Poll::Ready(Ok(self.take_body(lease, false)));
+                        match self.replay.take() {
+                            Take::Ready(body) => {
+                                if !self.prepare(lease, body) {
+                                    return Poll::Ready(None);
+                                }
+                            }
+                            Take::Held | Take::Refused => return Poll::Ready(self.no_replay()),
+                        }
                     }
                 }
                 Step::Body { lease, wait: None } => {
                     let lease = lease.clone();
                     match self.replay.take() {
-                        Take::Ready(body) => match self.request(lease, body) {
-                            Some(retry) => self.step = Some(Box::new(Step::Ready(Some(retry)))),
-                            None => return Poll::Ready(Ok(None)),
-                        },
+                        Take::Ready(body) => {
+                            if !self.prepare(lease, body) {
+                                return Poll::Ready(None);
+                            }
+                        }
                         Take::Held => {
                             // The server answered before the first attempt finished sending.
                             let released = self.replay.released();
@@ -223,7 +229,7 @@ where
                                 wait: Some(Box::pin(wait)),
                             }));
                         }
-                        Take::Refused => return Poll::Ready(Ok(self.take_body(lease, true))),
+                        Take::Refused => return Poll::Ready(self.no_replay()),
                     }
                 }
                 Step::Ready(request) => {
@@ -232,16 +238,15 @@ where
                     }
                     let Some(service) = self.service.as_mut() else {
                         // Unreachable: the template is made before any retryable call.
-                        return Poll::Ready(Ok(None));
+                        return Poll::Ready(None);
                     };
                     if let Err(err) = ready!(service.poll_ready(cx)) {
                         // The refusal is a better answer than a readiness error of the clone.
                         let err: BoxError = err.into();
                         tracing::debug!(error = %err, "refused request not retried: the inner service is not ready");
-                        return Poll::Ready(Ok(None));
+                        return Poll::Ready(None);
                     }
-                    let retry = request.take().expect("a request is sent only once");
-                    return Poll::Ready(Ok(Some(retry)));
+                    return Poll::Ready(request.take());
                 }
             }
         }
@@ -265,14 +270,20 @@ where
         false
     }
 
-    /// The body for the retry, if the first attempt let go of it; otherwise counts a refused
-    /// replay. `refused`: the body is known not to be replayable.
-    fn take_body(&mut self, lease: Lease, refused: bool) -> Option<RetryRequest<B>> {
-        if !refused {
-            if let Take::Ready(body) = self.replay.take() {
-                return self.request(lease, body);
+    /// Builds the retry with `body` and moves on to making the service ready. Returns false if
+    /// the request head does not rebuild.
+    fn prepare(&mut self, lease: Lease, body: ReplayBody<B>) -> bool {
+        match self.request(lease, body) {
+            Some(retry) => {
+                self.step = Some(Box::new(Step::Ready(Some(retry))));
+                true
             }
+            None => false,
         }
+    }
+
+    /// Gives up on a refusal whose body cannot be replayed.
+    fn no_replay(&self) -> Option<RetryRequest<B>> {
         tracing::debug!("refused request not retried: its body cannot be replayed");
         RefusalCounters::bump(&self.core.cache.refusals().refused_replays);
         None
@@ -329,7 +340,7 @@ where
                     });
                 }
                 StateProj::Recovering { refusal, retry } => {
-                    match ready!(retry.poll_recover(cx))? {
+                    match ready!(retry.poll_recover(cx)) {
                         None => {
                             let refusal = refusal.take().expect("polled after completion");
                             return Poll::Ready(refusal.map_err(Error::inner));
@@ -342,8 +353,8 @@ where
                                 cache_id: core.cache.id(),
                                 generation: lease.generation,
                             };
-                            let service = retry.service.as_mut().expect("made ready above");
-                            let future = service.call(request);
+                            let service = retry.service.as_mut();
+                            let future = service.expect("poll_recover made it ready").call(request);
                             // Drops the refused response and what the retry no longer needs.
                             state.set(State::Retrying { future, refusal });
                         }
