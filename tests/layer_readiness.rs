@@ -208,3 +208,82 @@ async fn a_call_after_a_long_wait_for_the_inner_service_carries_the_current_toke
     caller.await.unwrap().unwrap();
     assert_eq!(*gate.seen.lock().unwrap(), ["Bearer token-2"]);
 }
+
+type Held = Arc<std::sync::Mutex<Option<Request<ReplayBody<http_body_util::Full<Bytes>>>>>>;
+
+/// Refuses the first request at once while keeping hold of it (as a server that answers before
+/// reading the body keeps the upload going); echoes the body of the next.
+#[derive(Clone, Default)]
+struct EarlyRefuser {
+    held: Held,
+    calls: Arc<AtomicU64>,
+}
+
+impl Service<Request<ReplayBody<http_body_util::Full<Bytes>>>> for EarlyRefuser {
+    type Response = Response<Bytes>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Bytes>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReplayBody<http_body_util::Full<Bytes>>>) -> Self::Future {
+        use http_body_util::BodyExt;
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            *self.held.lock().unwrap() = Some(request);
+            let mut refusal = Response::new(Bytes::new());
+            *refusal.status_mut() = http::StatusCode::UNAUTHORIZED;
+            return Box::pin(async move { Ok(refusal) });
+        }
+        Box::pin(async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            Ok(Response::new(body))
+        })
+    }
+}
+
+fn upload() -> Request<http_body_util::Full<Bytes>> {
+    Request::post("http://127.0.0.1/upload")
+        .body(http_body_util::Full::new(Bytes::from_static(
+            b"the whole upload",
+        )))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_refusal_is_retried_once_the_first_attempt_lets_go_of_the_body() {
+    let source = TestSource::new(DAY, Duration::ZERO);
+    let inner = EarlyRefuser::default();
+    let service = ServiceBuilder::new()
+        .layer(BesenderAuthLayer::new(source.source()))
+        .service(inner.clone());
+    let caller = tokio::spawn(async move { service.oneshot(upload()).await });
+    settle().await;
+    assert!(!caller.is_finished(), "the retry waits for the body");
+    drop(inner.held.lock().unwrap().take()); // the first attempt lets go
+    let response = caller.await.unwrap().unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(response.into_body(), "the whole upload");
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_refusal_whose_body_is_never_released_returns_the_refusal() {
+    let source = TestSource::new(DAY, Duration::ZERO);
+    let inner = EarlyRefuser::default();
+    let layer = BesenderAuthLayer::new(source.source()).replay_wait(Duration::from_secs(1));
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(inner.clone());
+    let response = service.oneshot(upload()).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 1, "not retried");
+    assert_eq!(layer.stats().refused_replays, 1);
+    assert!(
+        inner.held.lock().unwrap().is_some(),
+        "still held: no hang, no second reader"
+    );
+}
