@@ -35,8 +35,8 @@ use crate::{
 
 pin_project! {
     /// The response future of [`BesenderAuth`](crate::BesenderAuth): `F` is the inner
-    /// service's future, `S` the inner service (a clone is kept for the retry), `B` the request
-    /// body.
+    /// service's future, `S` the inner service (a retry runs on a fresh clone of it), `B` the
+    /// request body.
     ///
     /// It names the inner future as a type parameter rather than `S::Future`, so that futures
     /// holding it stay provably `Send` when `B` contains a `Box<dyn Error>` (rust-lang/rust#64552).
@@ -69,8 +69,9 @@ pin_project! {
     }
 }
 
-/// What a response future that will not retry needs if the response is a refusal: no
-/// reference count, so that nothing shared is written per request.
+/// What a response future that will not retry needs if the response is a refusal: with the
+/// default classifier no reference count, so that nothing shared is written per request (a
+/// custom classifier is one `Arc` clone).
 pub(crate) struct OnRefusal {
     pub(crate) classifier: Classifier,
     pub(crate) cache_id: u64,
@@ -205,7 +206,7 @@ where
                         match self.replay.take() {
                             Take::Ready(body) => {
                                 if !self.prepare(lease, body) {
-                                    return Poll::Ready(None);
+                                    return Poll::Ready(self.no_replay());
                                 }
                             }
                             Take::Held | Take::Refused => return Poll::Ready(self.no_replay()),
@@ -217,7 +218,7 @@ where
                     match self.replay.take() {
                         Take::Ready(body) => {
                             if !self.prepare(lease, body) {
-                                return Poll::Ready(None);
+                                return Poll::Ready(self.no_replay());
                             }
                         }
                         Take::Held => {
@@ -244,7 +245,7 @@ where
                         // The refusal is a better answer than a readiness error of the clone.
                         let err: BoxError = err.into();
                         tracing::debug!(error = %err, "refused request not retried: the inner service is not ready");
-                        return Poll::Ready(None);
+                        return Poll::Ready(self.no_replay());
                     }
                     return Poll::Ready(request.take());
                 }
@@ -282,9 +283,9 @@ where
         }
     }
 
-    /// Gives up on a refusal whose body cannot be replayed.
+    /// Gives up on a refusal whose request cannot be sent again.
     fn no_replay(&self) -> Option<RetryRequest<B>> {
-        tracing::debug!("refused request not retried: its body cannot be replayed");
+        tracing::debug!("refused request not retried: it cannot be sent again");
         RefusalCounters::bump(&self.core.cache.refusals().refused_replays);
         None
     }

@@ -67,8 +67,9 @@ pub struct AuthStats {
     pub retries: u64,
     /// Retries whose response was not a refusal.
     pub successful_retries: u64,
-    /// Refusals not retried because the body could not be replayed (over the cap, failed, or
-    /// still held by the first attempt past the wait).
+    /// Refusals not retried because the request could not be sent again: the body over the
+    /// cap, failed, or still held by the first attempt past the wait, or the retry's service
+    /// not ready.
     pub refused_replays: u64,
     /// Refusals not retried because no different token could be had (the refresh returned the
     /// same token, was rate-limited, or failed).

@@ -46,8 +46,10 @@ enum Readiness {
     Idle,
     /// Waiting for the running fetch.
     Waiting(LeaseFuture),
-    /// `lease` holds a token for the next call; the inner service may not be ready yet.
+    /// `lease` holds a token for the next call; the inner service is not ready yet.
     Leased,
+    /// `lease` holds a token and the inner service said it is ready: `call` may send.
+    Ready,
     /// No token could be had: the next call fails with this error, without reaching the inner
     /// service. `poll_ready` reports ready (and asks again each time it is polled): to Tower an
     /// error from `poll_ready` means the service is dead (a `Buffer` or a balancer would discard
@@ -100,7 +102,8 @@ impl<S: fmt::Debug> fmt::Debug for BesenderAuth<S> {
         let state = match self.state {
             Readiness::Idle => "idle",
             Readiness::Waiting(_) => "waiting for a token",
-            Readiness::Leased => "token at hand",
+            Readiness::Leased => "token at hand, inner service not ready",
+            Readiness::Ready => "ready",
             Readiness::Failed(_) => "no token",
         };
         f.debug_struct("BesenderAuth")
@@ -125,7 +128,7 @@ where
         let cache = &self.core.cache;
         loop {
             match &mut self.state {
-                Readiness::Leased => break,
+                Readiness::Leased | Readiness::Ready => break,
                 Readiness::Idle | Readiness::Failed(_) => {
                     if self.lease.as_ref().is_some_and(|l| cache.is_current(l)) {
                         self.state = Readiness::Leased;
@@ -156,16 +159,29 @@ where
                 },
             }
         }
-        self.inner.poll_ready(cx).map_err(Error::inner)
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.state = Readiness::Ready;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => {
+                self.state = Readiness::Leased;
+                Poll::Ready(Err(Error::inner(err)))
+            }
+            Poll::Pending => {
+                self.state = Readiness::Leased;
+                Poll::Pending
+            }
+        }
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let cache = &self.core.cache;
-        let lease = if let Readiness::Leased = self.state {
+        let lease = if let Readiness::Ready = self.state {
             self.state = Readiness::Idle;
             // The inner service may have kept us waiting since the token was leased: use the
             // cache's current token if this one is no longer it.
-            let held = self.lease.as_ref().expect("Leased means a lease is held");
+            let held = self.lease.as_ref().expect("Ready means a lease is held");
             if cache.is_current(held) {
                 held.clone()
             } else {
@@ -179,8 +195,8 @@ where
             };
             return ResponseFuture::failed(Error::Token(err));
         } else {
-            // A Tower contract breach. Calling the inner service unpolled could make it panic
-            // (a `Buffer` does), so the request is not sent.
+            // A Tower contract breach (no `poll_ready`, or it was not `Ready(Ok)`). Calling the
+            // inner service unready could make it panic (a `Buffer` does): not sent.
             return ResponseFuture::failed(Error::NotReady);
         };
         request

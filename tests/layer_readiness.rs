@@ -287,3 +287,35 @@ async fn an_early_refusal_whose_body_is_never_released_returns_the_refusal() {
         "still held: no hang, no second reader"
     );
 }
+
+/// Never ready; panics if called anyway.
+#[derive(Clone)]
+struct NeverReady;
+
+impl Service<Request<ReplayBody<Empty<Bytes>>>> for NeverReady {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Pending
+    }
+
+    fn call(&mut self, _request: Request<ReplayBody<Empty<Bytes>>>) -> Self::Future {
+        panic!("called without being ready")
+    }
+}
+
+#[tokio::test]
+async fn a_call_after_pending_poll_ready_is_refused_not_sent() {
+    let layer = BesenderAuthLayer::new(Token::bearer("abc", DAY));
+    layer.cache().get().await.unwrap();
+    let mut service = tower::Layer::layer(&layer, NeverReady);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(
+        service.poll_ready(&mut cx).is_pending(),
+        "token at hand, inner not ready"
+    );
+    let err = service.call(request()).await.unwrap_err();
+    assert!(matches!(err, besender_auth::Error::NotReady), "{err:?}");
+}

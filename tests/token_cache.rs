@@ -409,3 +409,31 @@ async fn absurd_settings_do_not_overflow() {
     assert!(cache.get().await.is_err());
     assert!(cache.get().await.is_err(), "held, not refetched");
 }
+
+/// One cache, two runtimes: a fetch started from a runtime that then goes idle must not strand
+/// callers on the other runtime.
+#[test]
+fn a_fetch_stalled_on_an_idle_runtime_does_not_strand_other_runtimes() {
+    let source = TestSource::new(DAY, Duration::ZERO);
+    let cache = TokenCache::new(source.source());
+    let idle = paused_runtime();
+    // Starts the fetch on `idle`, which is then never driven again: the fetch never finishes.
+    let started = idle.block_on(async { tokio::time::timeout(Duration::ZERO, cache.get()).await });
+    assert!(started.is_err());
+    let other = paused_runtime();
+    other.block_on(async {
+        let start = Instant::now();
+        let err = cache.get().await.unwrap_err();
+        assert!(
+            matches!(err.kind(), TokenErrorKind::Timeout { .. }),
+            "{err:?}"
+        );
+        assert!(
+            start.elapsed() <= Duration::from_secs(31),
+            "gave up on its own timer"
+        );
+        // The stalled fetch is given up: the next caller starts one here.
+        let token = cache.get().await.unwrap();
+        assert!(!token.is_expired());
+    });
+}

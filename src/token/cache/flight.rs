@@ -1,8 +1,8 @@
 //! Fetches: one at a time, on a task of their own, shared by every waiter.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use tokio::{runtime::Handle, sync::watch};
+use tokio::{runtime::Handle, sync::watch, time::Instant};
 
 use super::state::{Entry, Origin, Shared};
 use crate::{
@@ -27,20 +27,57 @@ impl<T: TokenSource> DynSource for T {
 /// What a fetch ends with, as its waiters see it; `None` while it runs.
 pub(super) type FlightResult = Option<Result<Arc<Entry>, TokenError>>;
 
+/// How long past its fetch timeout a fetch may run before it counts as stalled: its task may
+/// sit on a runtime that nobody drives (one shared cache, several runtimes), and its own
+/// timeout is a timer of that runtime.
+const STALL_SLACK: Duration = Duration::from_secs(1);
+
+/// The fetch running now, as the cache records it.
+#[derive(Clone)]
+pub(super) struct RunningFlight {
+    pub(super) id: u64,
+    rx: watch::Receiver<FlightResult>,
+    /// After this instant the fetch counts as stalled: waiters give up, and a new fetch may start.
+    stalled_at: Instant,
+}
+
+impl RunningFlight {
+    /// Whether the fetch can no longer deliver: its task was dropped before it first ran, or it
+    /// stalled.
+    pub(super) fn is_dead(&self, now: Instant) -> bool {
+        self.rx.has_changed().is_err() || now >= self.stalled_at
+    }
+
+    pub(super) fn waiter(&self, fetch_timeout: Duration) -> Flight {
+        Flight {
+            rx: self.rx.clone(),
+            stalled_at: self.stalled_at,
+            fetch_timeout,
+        }
+    }
+}
+
 /// A running fetch, as seen by a waiter.
 pub(crate) struct Flight {
-    pub(super) rx: watch::Receiver<FlightResult>,
+    rx: watch::Receiver<FlightResult>,
+    stalled_at: Instant,
+    fetch_timeout: Duration,
 }
 
 impl Flight {
-    /// Waits for the fetch to finish.
+    /// Waits for the fetch to finish, on the waiter's own timer: a fetch stalled on a runtime
+    /// that is not driven cannot hold the waiter past its deadline.
     pub(crate) async fn wait(mut self) -> Result<Arc<Entry>, TokenError> {
-        match self.rx.wait_for(Option::is_some).await {
-            Ok(result) => result
+        let finished = self.rx.wait_for(Option::is_some);
+        match tokio::time::timeout_at(self.stalled_at, finished).await {
+            Ok(Ok(result)) => result
                 .clone()
                 .expect("wait_for returns only a finished result"),
             // The task was dropped before it first ran (its runtime shut down).
-            Err(_closed) => Err(TokenError::new(TokenErrorKind::Cancelled)),
+            Ok(Err(_closed)) => Err(TokenError::new(TokenErrorKind::Cancelled)),
+            Err(_stalled) => Err(TokenError::new(TokenErrorKind::Timeout {
+                after: self.fetch_timeout,
+            })),
         }
     }
 }
@@ -50,23 +87,32 @@ impl Shared {
         self: &Arc<Self>,
         control: &mut super::state::Control,
         origin: Origin,
-    ) -> Result<watch::Receiver<FlightResult>, TokenError> {
+    ) -> Result<Flight, TokenError> {
         let runtime =
             Handle::try_current().map_err(|_| TokenError::new(TokenErrorKind::NoRuntime))?;
         let (tx, rx) = watch::channel(None);
-        control.flight = Some(rx.clone());
         control.stats.fetches += 1;
+        let id = control.stats.fetches;
+        let fetch_timeout = self.config.fetch_timeout;
+        let flight = RunningFlight {
+            id,
+            rx,
+            stalled_at: Instant::now() + fetch_timeout + STALL_SLACK,
+        };
+        let waiter = flight.waiter(fetch_timeout);
+        control.flight = Some(flight);
         let shared = Arc::clone(self);
         runtime.spawn(async move {
             let mut guard = FlightGuard {
                 shared,
                 tx: Some(tx),
                 origin,
+                id,
             };
             let result = guard.shared.fetch().await;
             guard.finish(result);
         });
-        Ok(rx)
+        Ok(waiter)
     }
 
     /// One call to the source, bounded by the fetch timeout, checked for usability.
@@ -91,12 +137,13 @@ struct FlightGuard {
     shared: Arc<Shared>,
     tx: Option<watch::Sender<FlightResult>>,
     origin: Origin,
+    id: u64,
 }
 
 impl FlightGuard {
     fn finish(&mut self, result: Result<Token, TokenError>) {
         if let Some(tx) = self.tx.take() {
-            let outcome = self.shared.finish(result, self.origin);
+            let outcome = self.shared.finish(result, self.origin, self.id);
             tx.send_replace(outcome);
         }
     }
@@ -106,14 +153,21 @@ impl Drop for FlightGuard {
     fn drop(&mut self) {
         if self.tx.is_some() {
             if std::thread::panicking() {
-                // A panicking source is a failure like any other, with backoff.
-                let err = TokenError::from_source("the token source panicked".into());
+                // A panicking source is a failure like any other, with backoff. (So is a
+                // runtime without a timer: `enable_time` is needed for the fetch timeout.)
+                let err = TokenError::from_source(
+                    "the token fetch panicked (a bug in the token source, or a Tokio runtime \
+                     built without `enable_time`)"
+                        .into(),
+                );
                 self.finish(Err(err));
             } else {
                 // Cancelled with its runtime: not the endpoint's fault, so no backoff. The next
                 // caller re-decides on the slow path (a refresh ahead may be due again).
                 let mut control = self.shared.lock();
-                control.flight = None;
+                if control.flight.as_ref().is_some_and(|f| f.id == self.id) {
+                    control.flight = None;
+                }
                 self.shared.publish_check(&control);
                 drop(control);
                 if let Some(tx) = self.tx.take() {

@@ -40,7 +40,7 @@ use crate::error::TokenError;
 ///   nothing and writes no memory shared between threads: one atomic load, then a clone of this
 ///   thread's copy of the header value, itself backed by never-freed bytes while a per-process
 ///   budget lasts (so the clone bumps no reference count). [`get`](TokenCache::get) is as
-///   lock-free but clones the [`Token`] (one shared reference count).
+///   lock-free but also reads the clock and clones the [`Token`] (shared reference counts).
 /// - **Single flight.** When no valid token is cached, exactly one fetch runs, on a task of its
 ///   own; every caller awaits that fetch. Dropping a caller, the one that started the fetch
 ///   included, neither cancels it nor starts another.
@@ -360,8 +360,9 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// Gives up on a fetch after this long, so a hanging source fails callers instead of hanging
-    /// them. Default 30 s, above [`BesenderTokenSource`](crate::BesenderTokenSource)'s own 10 s
+    /// Gives up on a fetch after this long, so a hanging source fails callers instead of
+    /// hanging them (waiters give up a second later on their own timers, even if the fetch's
+    /// runtime is not driven). Default 30 s, above [`BesenderTokenSource`](crate::BesenderTokenSource)'s own 10 s
     /// timeout so that its more precise error wins.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.config.fetch_timeout = capped(timeout);

@@ -18,7 +18,11 @@
 //!   old state. `TokenCache::get` checks the clock itself; the layer lets a refusal repair it.
 //! - A fetch runs on a task of its own and owns its `watch` sender. Once running, it always ends
 //!   in `finish`, even if it is cancelled or the source panics (a drop guard); a task dropped
-//!   before it first ran drops its sender, which `reap_dead_flight` notices. Waiters never hang.
+//!   before it first ran drops its sender, which `reap_dead_flight` notices. A fetch whose task
+//!   sits on a runtime nobody drives (one cache, several runtimes) stalls: past its fetch
+//!   timeout plus a second, waiters give up on their own timers and the next caller starts a
+//!   new fetch; a late result is still installed, but clears only its own flight. Waiters never
+//!   hang.
 //! - A fetch's drop guard takes the lock, so it is created inside the task, on its first poll: a
 //!   runtime that is shutting down may drop a new task synchronously inside `spawn`, while we
 //!   hold the lock. An alarm's guard takes no lock and exists before its task.
@@ -35,12 +39,12 @@ use std::{
 };
 
 use http::HeaderValue;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 
 use super::{
     CacheStats, Config,
     alarm::Alarm,
-    flight::{DynSource, Flight, FlightResult},
+    flight::{DynSource, Flight, FlightResult, RunningFlight},
 };
 use crate::{error::TokenError, token::Token};
 
@@ -86,7 +90,7 @@ pub(super) struct Control {
     pub(super) entry: Option<Arc<Entry>>,
     /// The generation of the newest entry ever made.
     pub(super) generation: u64,
-    pub(super) flight: Option<watch::Receiver<FlightResult>>,
+    pub(super) flight: Option<RunningFlight>,
     /// Consecutive failed fetches.
     pub(super) failures: u32,
     pub(super) last_error: Option<TokenError>,
@@ -190,8 +194,8 @@ impl Shared {
     /// The slow path: decide, by the clock, what a caller gets.
     pub(crate) fn lookup(self: &Arc<Self>) -> Lookup {
         let mut control = self.lock();
-        control.reap_dead_flight();
         let now = Instant::now();
+        control.reap_dead_flight(now);
         if let Some(entry) = control.entry.clone() {
             if now < entry.usable_until {
                 let due = control.retry_at.is_none_or(|at| now >= at);
@@ -210,9 +214,10 @@ impl Shared {
             control.entry = None;
         }
         self.publish_check(&control);
-        if let Some(rx) = control.flight.clone() {
+        if let Some(flight) = &control.flight {
+            let waiter = flight.waiter(self.config.fetch_timeout);
             control.stats.coalesced_waits += 1;
-            return Lookup::Wait(Flight { rx });
+            return Lookup::Wait(waiter);
         }
         if let (Some(err), Some(at)) = (&control.last_error, control.retry_at) {
             if now < at {
@@ -222,7 +227,7 @@ impl Shared {
             }
         }
         match self.spawn_fetch(&mut control, Origin::Normal) {
-            Ok(rx) => Lookup::Wait(Flight { rx }),
+            Ok(flight) => Lookup::Wait(flight),
             Err(err) => Lookup::Failed(err),
         }
     }
@@ -231,7 +236,7 @@ impl Shared {
     /// subject to the rate limit. Returns whether it evicted.
     pub(super) fn invalidate(self: &Arc<Self>, is_refused: impl Fn(&Entry) -> bool) -> bool {
         let mut control = self.lock();
-        control.reap_dead_flight();
+        control.reap_dead_flight(Instant::now());
         let Some(entry) = control.entry.clone() else {
             return false;
         };
@@ -268,9 +273,13 @@ impl Shared {
         self: &Arc<Self>,
         result: Result<Token, TokenError>,
         origin: Origin,
+        flight_id: u64,
     ) -> FlightResult {
         let mut control = self.lock();
-        control.flight = None;
+        // A stalled fetch may finish after a newer one started: that one keeps running.
+        if control.flight.as_ref().is_some_and(|f| f.id == flight_id) {
+            control.flight = None;
+        }
         let now = Instant::now();
         match result {
             Ok(token) => {
@@ -390,13 +399,9 @@ impl Shared {
 }
 
 impl Control {
-    /// Forgets a fetch whose task was dropped before it first ran.
-    fn reap_dead_flight(&mut self) {
-        if self
-            .flight
-            .as_ref()
-            .is_some_and(|rx| rx.has_changed().is_err())
-        {
+    /// Forgets a fetch whose task was dropped before it first ran, or that stalled.
+    fn reap_dead_flight(&mut self, now: Instant) {
+        if self.flight.as_ref().is_some_and(|f| f.is_dead(now)) {
             self.flight = None;
         }
     }
