@@ -31,8 +31,8 @@ impl Shared {
         if let Some(old) = control.alarm.take() {
             old.handle.abort();
         }
-        control.alarm_seq += 1;
-        let seq = control.alarm_seq;
+        // `armed` is written only here, under the lock: it is also the sequence counter.
+        let seq = self.armed.load(Ordering::SeqCst) + 1;
         self.armed.store(seq, Ordering::SeqCst);
         // Made before the task, so that it runs even if the task is dropped unpolled.
         let guard = AlarmGuard {
@@ -45,11 +45,7 @@ impl Shared {
                 tokio::time::sleep_until(at).await;
             })
             .abort_handle();
-        control.alarm = Some(Alarm {
-            at,
-            seq: control.alarm_seq,
-            handle,
-        });
+        control.alarm = Some(Alarm { at, seq, handle });
         true
     }
 }

@@ -36,6 +36,13 @@ struct Slot {
     header: HeaderValue,
 }
 
+impl Slot {
+    /// Whether this is the copy of `generation` of the cache `shared`.
+    fn holds(&self, shared: &Shared, generation: u64) -> bool {
+        self.cache_id == shared.id && self.generation == generation
+    }
+}
+
 thread_local! {
     static SLOTS: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
 }
@@ -58,9 +65,7 @@ fn with_slot<R>(shared: &Shared, generation: u64, f: impl FnOnce(&Slot) -> R) ->
     SLOTS
         .try_with(|slots| {
             let slots = slots.borrow();
-            let slot = slots
-                .iter()
-                .find(|s| s.cache_id == shared.id && s.generation == generation)?;
+            let slot = slots.iter().find(|s| s.holds(shared, generation))?;
             Some(f(slot))
         })
         .ok()
@@ -101,10 +106,7 @@ pub(super) fn lease_entry(shared: &Arc<Shared>, entry: &Arc<Entry>) -> Lease {
     let generation = entry.generation;
     let made = SLOTS.try_with(|slots| {
         let mut slots = slots.borrow_mut();
-        if let Some(slot) = slots
-            .iter()
-            .find(|s| s.cache_id == shared.id && s.generation == generation)
-        {
+        if let Some(slot) = slots.iter().find(|s| s.holds(shared, generation)) {
             return slot.header.clone();
         }
         // An interned value is already free to clone from any thread.

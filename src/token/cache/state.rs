@@ -99,7 +99,6 @@ pub(super) struct Control {
     /// When the last forced refresh started.
     pub(super) last_forced: Option<Instant>,
     pub(super) alarm: Option<Alarm>,
-    pub(super) alarm_seq: u64,
     pub(super) rng: u64,
     pub(super) stats: CacheStats,
 }
@@ -158,7 +157,6 @@ impl Shared {
                 retry_at: None,
                 last_forced: None,
                 alarm: None,
-                alarm_seq: 0,
                 rng: seed,
                 stats: CacheStats::default(),
             }),
