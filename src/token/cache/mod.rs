@@ -185,7 +185,7 @@ impl TokenCache {
     pub(crate) fn refused(cache_id: u64, generation: u64) {
         if let Some(shared) = registry::find(cache_id) {
             RefusalCounters::bump(&shared.refusals.refusals);
-            shared.invalidate(|entry| entry.generation == generation);
+            TokenCache { shared }.invalidate_generation(generation);
         }
     }
 
