@@ -211,20 +211,29 @@ counted!(calls_retry_off);
 counted!(calls_retry_on);
 
 /// With `LAYER_BENCH_INSTRUCTIONS=1`: 10,000 calls of each configuration and nothing else, for
-/// `valgrind --tool=callgrind`, whose instruction counts (unlike times) repeat exactly.
-fn instruction_counts() {
+/// `valgrind --tool=callgrind`, whose instruction counts (unlike times) repeat exactly. With
+/// `LAYER_BENCH_INSTRUCTIONS=<rounds>` (more than 1), that many rounds, for a sampling profiler
+/// (`perf record`): each configuration's time is then its `calls_*` function's inclusive share.
+fn instruction_counts(rounds: usize) {
+    // Batches as small as the timed runs use, so that a profile sees the same cache behaviour.
+    const BATCH: usize = 128;
     const N: usize = 10_000;
     let mut s = subjects();
-    let requests = || (0..N).map(|_| request()).collect::<Vec<_>>();
-    calls_bare(&mut Noop::<()>::default(), requests());
-    calls_add_authorization(&mut s.baseline, requests());
-    calls_retry_off(&mut s.retry_off, requests());
-    calls_retry_on(&mut s.retry_on, requests());
+    let batches = || {
+        (0..N.div_ceil(BATCH)).map(|b| (0..BATCH.min(N - b * BATCH)).map(|_| request()).collect())
+    };
+    for _ in 0..rounds {
+        batches().for_each(|r| calls_bare(&mut Noop::<()>::default(), r));
+        batches().for_each(|r| calls_add_authorization(&mut s.baseline, r));
+        batches().for_each(|r| calls_retry_off(&mut s.retry_off, r));
+        batches().for_each(|r| calls_retry_on(&mut s.retry_on, r));
+    }
 }
 
 fn main() {
-    if std::env::var_os("LAYER_BENCH_INSTRUCTIONS").is_some() {
-        return instruction_counts();
+    if let Some(rounds) = std::env::var_os("LAYER_BENCH_INSTRUCTIONS") {
+        let rounds = rounds.to_str().and_then(|r| r.parse().ok()).unwrap_or(1);
+        return instruction_counts(rounds);
     }
     benches();
     paired_ratios();

@@ -322,9 +322,12 @@ where
                     return Poll::Ready(Err(error.take().expect("polled after completion")));
                 }
                 StateProj::Unretried { future, refusal } => {
-                    let response = ready!(future.poll(cx)).map_err(Error::inner)?;
-                    refusal.check(&response);
-                    return Poll::Ready(Ok(response));
+                    // Checked in place: a response moved fewer times is measurably cheaper.
+                    let result = ready!(future.poll(cx));
+                    if let Ok(response) = &result {
+                        refusal.check(response);
+                    }
+                    return Poll::Ready(result.map_err(Error::inner));
                 }
                 StateProj::First { future, retry } => {
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
@@ -349,11 +352,7 @@ where
                         Some((request, lease)) => {
                             let core = &retry.core;
                             RefusalCounters::bump(&core.cache.refusals().retries);
-                            let refusal = OnRefusal {
-                                classifier: core.classifier.clone(),
-                                cache_id: core.cache.id(),
-                                generation: lease.generation,
-                            };
+                            let refusal = core.on_refusal(lease.generation);
                             let service = retry.service.as_mut();
                             let future = service.expect("poll_recover made it ready").call(request);
                             // Drops the refused response and what the retry no longer needs.

@@ -14,6 +14,7 @@ use tower_layer::Layer;
 use crate::{
     BesenderAuth,
     classify::{Classifier, ClassifyRefusal},
+    future::OnRefusal,
     token::{TokenCache, TokenSource},
 };
 
@@ -45,6 +46,19 @@ pub(crate) struct Core<S> {
     /// client: four shared reference counts, bounced between cores) cost ~12% of HTTP/1.1
     /// throughput; cloning it only when a refusal happens costs nothing on the way.
     pub(crate) template: OnceLock<Mutex<S>>,
+}
+
+impl<S> Core<S> {
+    /// What a response future needs to invalidate the token with this generation if the
+    /// response refuses it: no reference count with the default classifier.
+    #[inline]
+    pub(crate) fn on_refusal(&self, generation: u64) -> OnRefusal {
+        OnRefusal {
+            classifier: self.classifier.clone(),
+            cache_id: self.cache.id(),
+            generation,
+        }
+    }
 }
 
 impl<S: Clone> Core<S> {

@@ -1,9 +1,10 @@
 //! `BesenderAuth<S>`: waits for a token in `poll_ready`, stamps it in `call`.
 
 use std::{
-    fmt, mem,
+    fmt,
+    future::Future,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use http::{Request, Response, header::AUTHORIZATION};
@@ -12,7 +13,7 @@ use tower_service::Service;
 
 use crate::{
     error::{BoxError, Error, TokenError},
-    future::{OnRefusal, ResponseFuture, Retry},
+    future::{ResponseFuture, Retry},
     layer::Core,
     replay::ReplayBody,
     token::cache::{Acquire, Lease, LeaseFuture},
@@ -34,26 +35,37 @@ use crate::{
 pub struct BesenderAuth<S> {
     inner: S,
     core: Arc<Core<S>>,
-    state: Readiness,
+    /// Where `poll_ready` is. A plain value, so that the per-request transitions are single
+    /// stores with nothing to drop.
+    phase: Phase,
     /// The token this service used last. While the cache still serves it, `poll_ready` reuses
     /// it after one atomic load, without looking anything up.
     lease: Option<Lease>,
+    /// The fetch `Phase::Waiting` waits for, or the error `Phase::Failed` reports.
+    slow: Option<Slow>,
 }
 
 /// Where `poll_ready` is in getting a token.
-enum Readiness {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
     /// The next call needs a token.
     Idle,
-    /// Waiting for the running fetch.
-    Waiting(LeaseFuture),
+    /// Waiting for the running fetch (`slow` holds it).
+    Waiting,
     /// `lease` holds a token for the next call; the inner service is not ready yet.
     Leased,
     /// `lease` holds a token and the inner service said it is ready: `call` may send.
     Ready,
-    /// No token could be had: the next call fails with this error, without reaching the inner
-    /// service. `poll_ready` reports ready (and asks again each time it is polled): to Tower an
-    /// error from `poll_ready` means the service is dead (a `Buffer` or a balancer would discard
-    /// it), and a token endpoint outage is not that.
+    /// No token could be had: the next call fails with the error in `slow`, without reaching
+    /// the inner service. `poll_ready` reports ready (and asks again each time it is polled):
+    /// to Tower an error from `poll_ready` means the service is dead (a `Buffer` or a balancer
+    /// would discard it), and a token endpoint outage is not that.
+    Failed,
+}
+
+/// What the rare phases hold.
+enum Slow {
+    Waiting(LeaseFuture),
     Failed(TokenError),
 }
 
@@ -62,8 +74,9 @@ impl<S> BesenderAuth<S> {
         Self {
             inner,
             core,
-            state: Readiness::Idle,
+            phase: Phase::Idle,
             lease: None,
+            slow: None,
         }
     }
 
@@ -91,20 +104,21 @@ impl<S: Clone> Clone for BesenderAuth<S> {
         Self {
             inner: self.inner.clone(),
             core: Arc::clone(&self.core),
-            state: Readiness::Idle,
+            phase: Phase::Idle,
             lease: self.lease.clone(),
+            slow: None,
         }
     }
 }
 
 impl<S: fmt::Debug> fmt::Debug for BesenderAuth<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            Readiness::Idle => "idle",
-            Readiness::Waiting(_) => "waiting for a token",
-            Readiness::Leased => "token at hand, inner service not ready",
-            Readiness::Ready => "ready",
-            Readiness::Failed(_) => "no token",
+        let state = match self.phase {
+            Phase::Idle => "idle",
+            Phase::Waiting => "waiting for a token",
+            Phase::Leased => "token at hand, inner service not ready",
+            Phase::Ready => "ready",
+            Phase::Failed => "no token",
         };
         f.debug_struct("BesenderAuth")
             .field("inner", &self.inner)
@@ -125,104 +139,146 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // The token first: the inner service is not asked for capacity until we can use it.
-        let cache = &self.core.cache;
-        loop {
-            match &mut self.state {
-                Readiness::Leased | Readiness::Ready => break,
-                Readiness::Idle | Readiness::Failed(_) => {
-                    if self.lease.as_ref().is_some_and(|l| cache.is_current(l)) {
-                        self.state = Readiness::Leased;
-                        continue;
-                    }
-                    match cache.acquire() {
-                        Acquire::Ready(lease) => {
-                            self.lease = Some(lease);
-                            self.state = Readiness::Leased;
-                        }
-                        Acquire::Failed(err) => {
-                            self.state = Readiness::Failed(err);
-                            return Poll::Ready(Ok(()));
-                        }
-                        Acquire::Pending(wait) => self.state = Readiness::Waiting(wait),
-                    }
-                }
-                Readiness::Waiting(wait) => match wait.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(lease)) => {
-                        self.lease = Some(lease);
-                        self.state = Readiness::Leased;
-                    }
-                    Poll::Ready(Err(err)) => {
-                        self.state = Readiness::Failed(err);
-                        return Poll::Ready(Ok(()));
-                    }
-                },
-            }
+        match self.phase {
+            Phase::Leased | Phase::Ready => {}
+            Phase::Idle if self.holds_current_lease() => {}
+            _ => match self.poll_token(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(false) => return Poll::Ready(Ok(())),
+                Poll::Ready(true) => {}
+            },
         }
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
-                self.state = Readiness::Ready;
+                self.phase = Phase::Ready;
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(err)) => {
-                self.state = Readiness::Leased;
+                self.phase = Phase::Leased;
                 Poll::Ready(Err(Error::inner(err)))
             }
             Poll::Pending => {
-                self.state = Readiness::Leased;
+                self.phase = Phase::Leased;
                 Poll::Pending
             }
         }
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let cache = &self.core.cache;
-        let lease = if let Readiness::Ready = self.state {
-            self.state = Readiness::Idle;
-            // The inner service may have kept us waiting since the token was leased: use the
-            // cache's current token if this one is no longer it.
-            let held = self.lease.as_ref().expect("Ready means a lease is held");
-            if cache.is_current(held) {
-                held.clone()
-            } else {
-                let fresh = cache.try_lease().unwrap_or_else(|| held.clone());
-                self.lease = Some(fresh.clone());
-                fresh
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if self.phase != Phase::Ready {
+            return self.call_unready();
+        }
+        self.phase = Phase::Idle;
+        // The inner service may have kept us waiting since the token was leased (or the caller
+        // since `poll_ready`, as `Buffer`'s worker does): use the cache's current token if this
+        // one is no longer it.
+        if !self.holds_current_lease() {
+            self.renew_lease();
+        }
+        let lease = self.lease.as_ref().expect("Ready means a lease is held");
+        // The header goes into the request after its body is wrapped: the move that wraps it
+        // then reads memory written long ago, not the header map just written (a copy right
+        // behind fresh stores stalls on store forwarding).
+        let stamp = |request: &mut Request<ReplayBody<B>>| {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, lease.header.clone());
+        };
+        if !self.core.retry {
+            let mut request = request.map(ReplayBody::passthrough);
+            stamp(&mut request);
+            let refusal = self.core.on_refusal(lease.generation);
+            return ResponseFuture::unretried(self.inner.call(request), refusal);
+        }
+        // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
+        match ReplayBody::replayable(request, self.core.max_replay_bytes) {
+            (mut request, Some(replay)) => {
+                stamp(&mut request);
+                let lease = lease.clone();
+                // Retries are cloned, only when needed, from a clone of the inner service made
+                // once; the ready inner service serves this call (tower's clone rule).
+                let inner = &self.inner;
+                self.core.template.get_or_init(|| Mutex::new(inner.clone()));
+                let retry = Retry::new(replay, lease, Arc::clone(&self.core));
+                ResponseFuture::first(self.inner.call(request), retry)
             }
-        } else if let Readiness::Failed(_) = self.state {
-            let Readiness::Failed(err) = mem::replace(&mut self.state, Readiness::Idle) else {
-                unreachable!("matched above")
-            };
-            return ResponseFuture::failed(Error::Token(err));
-        } else {
-            // A Tower contract breach (no `poll_ready`, or it was not `Ready(Ok)`). Calling the
-            // inner service unready could make it panic (a `Buffer` does): not sent.
-            return ResponseFuture::failed(Error::NotReady);
-        };
-        request
-            .headers_mut()
-            .insert(AUTHORIZATION, lease.header.clone());
-        let request = if self.core.retry {
-            match ReplayBody::replayable(request, self.core.max_replay_bytes) {
-                (request, Some(replay)) => {
-                    // Retries are cloned, only when needed, from a clone of the inner service
-                    // made once; the ready inner service serves this call (tower's clone rule).
-                    let inner = &self.inner;
-                    self.core.template.get_or_init(|| Mutex::new(inner.clone()));
-                    let retry = Retry::new(replay, lease, Arc::clone(&self.core));
-                    return ResponseFuture::first(self.inner.call(request), retry);
-                }
-                (request, None) => request,
+            (mut request, None) => {
+                stamp(&mut request);
+                let refusal = self.core.on_refusal(lease.generation);
+                ResponseFuture::unretried(self.inner.call(request), refusal)
             }
-        } else {
-            request.map(ReplayBody::passthrough)
+        }
+    }
+}
+
+impl<S> BesenderAuth<S> {
+    /// Whether the token this service used last is still the one the cache serves.
+    #[inline]
+    fn holds_current_lease(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|lease| self.core.cache.is_current(lease))
+    }
+
+    /// Gets a token, or waits for one. `Ready(true)`: `lease` holds it (phase `Leased`);
+    /// `Ready(false)`: none can be had (phase `Failed`).
+    #[cold]
+    fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.phase != Phase::Waiting && self.holds_current_lease() {
+            self.slow = None;
+            self.phase = Phase::Leased;
+            return Poll::Ready(true);
+        }
+        let fresh = match (self.phase, self.slow.as_mut()) {
+            (Phase::Waiting, Some(Slow::Waiting(wait))) => ready!(wait.as_mut().poll(cx)),
+            _ => match self.core.cache.acquire() {
+                Acquire::Ready(lease) => Ok(lease),
+                Acquire::Failed(err) => Err(err),
+                Acquire::Pending(mut wait) => match wait.as_mut().poll(cx) {
+                    Poll::Ready(fresh) => fresh,
+                    Poll::Pending => {
+                        self.slow = Some(Slow::Waiting(wait));
+                        self.phase = Phase::Waiting;
+                        return Poll::Pending;
+                    }
+                },
+            },
         };
-        let future = self.inner.call(request);
-        let refusal = OnRefusal {
-            classifier: self.core.classifier.clone(),
-            cache_id: self.core.cache.id(),
-            generation: lease.generation,
-        };
-        ResponseFuture::unretried(future, refusal)
+        match fresh {
+            Ok(lease) => {
+                self.lease = Some(lease);
+                self.slow = None;
+                self.phase = Phase::Leased;
+                Poll::Ready(true)
+            }
+            Err(err) => {
+                self.slow = Some(Slow::Failed(err));
+                self.phase = Phase::Failed;
+                Poll::Ready(false)
+            }
+        }
+    }
+
+    /// The cache moved on since `poll_ready`: lease its current token, or keep the held one
+    /// if it has none at hand (a refusal then gets a fresh one).
+    #[cold]
+    fn renew_lease(&mut self) {
+        if let Some(fresh) = self.core.cache.try_lease() {
+            self.lease = Some(fresh);
+        }
+    }
+
+    /// `call` without a successful `poll_ready`: the token error it reported, or a Tower
+    /// contract breach (no `poll_ready`, or it was not `Ready(Ok)`). Calling the inner service
+    /// unready could make it panic (a `Buffer` does): nothing is sent.
+    #[cold]
+    fn call_unready<F: Future, B>(&mut self) -> ResponseFuture<F, S, B> {
+        if self.phase == Phase::Failed {
+            self.phase = Phase::Idle;
+            if let Some(Slow::Failed(err)) = self.slow.take() {
+                return ResponseFuture::failed(Error::Token(err));
+            }
+        }
+        ResponseFuture::failed(Error::NotReady)
     }
 }
