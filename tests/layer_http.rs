@@ -82,6 +82,58 @@ async fn the_header_is_stamped_sensitive_and_replaces_the_callers() {
 }
 
 #[tokio::test]
+async fn a_retry_carries_only_the_fresh_token_never_the_callers_header() {
+    for h2 in [false, true] {
+        let fake = FakeBesender::start().await.unwrap();
+        let layer = BesenderAuthLayer::new(source_for(&fake));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&attempts);
+        let service = tower::ServiceBuilder::new()
+            .layer(layer.clone())
+            .map_request(move |request: Request<ReplayBody<TestBody>>| {
+                let values: Vec<_> = request
+                    .headers()
+                    .get_all(header::AUTHORIZATION)
+                    .iter()
+                    .map(|v| (v.as_bytes().to_vec(), v.is_sensitive()))
+                    .collect();
+                seen.lock().unwrap().push(values);
+                request
+            })
+            .service(hyper_client(h2));
+        layer.cache().get().await.unwrap();
+        fake.revoke_all();
+        let mut request = post(&fake.demo_url(), full_body(r#"{"code":"again"}"#));
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, "Bearer caller-set".parse().unwrap());
+        let response = timeout(HANG, service.oneshot(request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "h2: {h2}");
+        assert_eq!(body_of(response).await, r#"{"code":"again"}"#);
+        let attempts = attempts.lock().unwrap();
+        assert_eq!(attempts.len(), 2, "one refused attempt, one retry");
+        for values in attempts.iter() {
+            assert_eq!(
+                values.len(),
+                1,
+                "exactly one Authorization header per attempt"
+            );
+            let (value, sensitive) = &values[0];
+            assert!(sensitive);
+            assert!(value.starts_with(b"Bearer ") && value != b"Bearer caller-set");
+        }
+        assert_ne!(
+            attempts[0][0].0, attempts[1][0].0,
+            "the retry carries a fresh token"
+        );
+        assert_eq!(fake.token_calls(), 2);
+    }
+}
+
+#[tokio::test]
 async fn a_token_revoked_with_200_requests_in_flight_is_refreshed_once() {
     for h2 in [false, true] {
         let fake = FakeBesender::start().await.unwrap();
