@@ -164,7 +164,7 @@ where
         }
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if self.phase != Phase::Ready {
             return self.call_unready();
         }
@@ -176,24 +176,17 @@ where
             self.renew_lease();
         }
         let lease = self.lease.as_ref().expect("Ready means a lease is held");
-        // The header goes into the request after its body is wrapped: the move that wraps it
-        // then reads memory written long ago, not the header map just written (a copy right
-        // behind fresh stores stalls on store forwarding).
-        let stamp = |request: &mut Request<ReplayBody<B>>| {
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, lease.header.clone());
-        };
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, lease.header.clone());
         if !self.core.retry {
-            let mut request = request.map(ReplayBody::passthrough);
-            stamp(&mut request);
             let refusal = self.core.on_refusal(lease.generation);
+            let request = request.map(ReplayBody::passthrough);
             return ResponseFuture::unretried(self.inner.call(request), refusal);
         }
         // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
         match ReplayBody::replayable(request, self.core.max_replay_bytes) {
-            (mut request, Some(replay)) => {
-                stamp(&mut request);
+            (request, Some(replay)) => {
                 let lease = lease.clone();
                 // Retries are cloned, only when needed, from a clone of the inner service made
                 // once; the ready inner service serves this call (tower's clone rule).
@@ -202,8 +195,7 @@ where
                 let retry = Retry::new(replay, lease, Arc::clone(&self.core));
                 ResponseFuture::first(self.inner.call(request), retry)
             }
-            (mut request, None) => {
-                stamp(&mut request);
+            (request, None) => {
                 let refusal = self.core.on_refusal(lease.generation);
                 ResponseFuture::unretried(self.inner.call(request), refusal)
             }
