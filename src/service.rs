@@ -185,21 +185,21 @@ where
             return ResponseFuture::unretried(self.inner.call(request), refusal);
         }
         // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
-        match ReplayBody::replayable(request, self.core.max_replay_bytes) {
-            (request, Some(replay)) => {
-                let lease = lease.clone();
-                // Retries are cloned, only when needed, from a clone of the inner service made
-                // once; the ready inner service serves this call (tower's clone rule).
-                let inner = &self.inner;
-                self.core.template.get_or_init(|| Mutex::new(inner.clone()));
-                let retry = Retry::new(replay, lease, Arc::clone(&self.core));
-                ResponseFuture::first(self.inner.call(request), retry)
-            }
-            (request, None) => {
-                let refusal = self.core.on_refusal(lease.generation);
-                ResponseFuture::unretried(self.inner.call(request), refusal)
-            }
-        }
+        let cap = self.core.max_replay_bytes;
+        let (parts, body) = request.into_parts();
+        let Some(head) = ReplayBody::replay_head(&parts, &body, cap) else {
+            let refusal = self.core.on_refusal(lease.generation);
+            let request = Request::from_parts(parts, ReplayBody::passthrough(body));
+            return ResponseFuture::unretried(self.inner.call(request), refusal);
+        };
+        let (body, replay) = ReplayBody::replayable(head, body, cap);
+        // Retries are cloned, only when needed, from a clone of the inner service made once;
+        // the ready inner service serves this call (tower's clone rule).
+        let inner = &self.inner;
+        self.core.template.get_or_init(|| Mutex::new(inner.clone()));
+        let retry = Retry::new(replay, lease.clone(), Arc::clone(&self.core));
+        let request = Request::from_parts(parts, body);
+        ResponseFuture::first(self.inner.call(request), retry)
     }
 }
 

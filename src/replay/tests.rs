@@ -92,8 +92,14 @@ fn replayable<B: Body>(body: B, cap: usize) -> (ReplayBody<B>, Option<Replay<B>>
         .header("x-trace", "1")
         .body(body)
         .unwrap();
-    let (request, replay) = ReplayBody::replayable(request, cap);
-    (request.into_body(), replay)
+    let (parts, body) = request.into_parts();
+    match ReplayBody::replay_head(&parts, &body, cap) {
+        Some(head) => {
+            let (body, replay) = ReplayBody::replayable(head, body, cap);
+            (body, Some(replay))
+        }
+        None => (ReplayBody::passthrough(body), None),
+    }
 }
 
 fn take<B>(replay: &Replay<B>) -> ReplayBody<B> {
