@@ -201,7 +201,10 @@ mod tests {
         struct Tag(u32);
         let mut request = http::Request::get("/").body(()).unwrap();
         request.extensions_mut().insert(Tag(7));
-        let back = RequestHead::copy(&request.into_parts().0).unwrap().to_parts().unwrap();
+        let back = RequestHead::copy(&request.into_parts().0)
+            .unwrap()
+            .to_parts()
+            .unwrap();
         assert_eq!(back.extensions.get::<Tag>(), Some(&Tag(7)));
     }
 

@@ -8,16 +8,24 @@
 //!
 //! # Shared state
 //! A [`Replay`] (held by the response future) and the attempt bodies share one allocation: the
-//! retry's copy of the request head ([`RequestHead`]), and a [`BodyState`] behind a lock: the kept frames, the
-//! trailers, and the unread rest of the caller's body. At most one attempt streams at a time:
-//! `in_use` is set while an attempt body exists, and cleared when it is dropped, with a wake-up
-//! if a retry announced (`retry_waiting`) that it waits for it. Both flags are `SeqCst`, so
-//! either the retry sees the body released or the dropping attempt sees the retry waiting.
-//! The retry's body is only made once the first attempt's body is gone ([`Replay::take`]); if
-//! the server answered before the first attempt finished sending, the retry waits for it,
-//! bounded, and otherwise the original response is returned. Polling is therefore never
-//! contended; the lock is taken per frame because that costs far less than the frame's I/O and
-//! keeps every attempt body small.
+//! retry's copy of the request head ([`RequestHead`]), and a [`BodyState`] behind a lock: the
+//! kept frames, the trailers, and the unread rest of the caller's body.
+//!
+//! The first attempt streams without that lock. At its first poll it takes the caller's body
+//! out of the shared state; from then on the body and the frames it keeps are its own, and when
+//! it is dropped it hands them back (one lock per request; none if it was never polled, or if
+//! the response future is gone and no retry can come). Past the cap, or when the caller's body
+//! fails, it also raises `gave_up`, so a refused request returns at once instead of waiting for
+//! it to end.
+//!
+//! At most one attempt streams at a time: `in_use` is set while an attempt body exists, and
+//! cleared when it is dropped (after the hand-over), with a wake-up if a retry announced
+//! (`retry_waiting`) that it waits for it. Both flags are `SeqCst`, so either the retry sees the
+//! body released or the dropping attempt sees the retry waiting. The retry's body is only made
+//! once the first attempt's body is gone ([`Replay::take`]); if the server answered before the
+//! first attempt finished sending, the retry waits for it, bounded, and otherwise the original
+//! response is returned. The retry reads the shared state under the lock, frame by frame: it is
+//! the rare path.
 
 use std::{
     fmt,
@@ -35,6 +43,7 @@ use http::{HeaderMap, request::Parts};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 
+use self::attempts::{First, RetryAttempt};
 use crate::{error::BoxError, head::RequestHead};
 
 /// A request body that the layer can replay once.
@@ -59,17 +68,10 @@ enum Kind<B> {
     Passthrough(B),
     /// A body known to be empty, on either attempt.
     Empty,
-    /// One attempt of a replayable body.
-    Attempt(Attempt<B>),
-}
-
-struct Attempt<B> {
-    shared: Arc<Shared<B>>,
-    /// Frames of `kept` this attempt has sent.
-    sent_frames: usize,
-    sent_trailers: bool,
-    /// Only the first attempt keeps frames; nothing follows the retry.
-    keeps_frames: bool,
+    /// The first attempt of a replayable body.
+    First(First<B>),
+    /// The retry: the kept frames, then the rest of the caller's body.
+    Retry(RetryAttempt<B>),
 }
 
 struct Shared<B> {
@@ -80,6 +82,9 @@ struct Shared<B> {
     body: Mutex<BodyState<B>>,
     /// An attempt body exists.
     in_use: AtomicBool,
+    /// The first attempt stopped keeping frames (past the cap, or the body failed): a retry
+    /// need not wait for it.
+    gave_up: AtomicBool,
     /// A retry waits for `released`.
     retry_waiting: AtomicBool,
     /// Signalled when an attempt body is dropped while a retry waits.
@@ -163,17 +168,20 @@ impl<B: Body> ReplayBody<B> {
                 failed: false,
             }),
             in_use: AtomicBool::new(!empty),
+            gave_up: AtomicBool::new(false),
             retry_waiting: AtomicBool::new(false),
             released: Notify::new(),
         });
         let first = if empty {
             Kind::Empty
         } else {
-            Kind::Attempt(Attempt {
+            Kind::First(First {
                 shared: Arc::clone(&shared),
-                sent_frames: 0,
-                sent_trailers: false,
-                keeps_frames: true,
+                taken: false,
+                body: None,
+                kept: Vec::new(),
+                kept_len: 0,
+                keeping: true,
             })
         };
         (Self { kind: first }, Replay { shared })
@@ -199,20 +207,24 @@ impl<B> Replay<B> {
         if self.shared.empty {
             return Take::Ready(ReplayBody { kind: Kind::Empty });
         }
-        let state = self.shared.lock();
-        if state.over_cap || state.failed {
+        if self.shared.gave_up.load(Ordering::Acquire) {
             return Take::Refused;
         }
+        // The first attempt hands its state over before it clears `in_use`, under this lock:
+        // once the swap below finds the body released, the state read after it is final.
+        let state = self.shared.lock();
         if self.shared.in_use.swap(true, Ordering::SeqCst) {
             return Take::Held;
         }
+        if state.over_cap || state.failed {
+            return Take::Refused;
+        }
         drop(state);
         Take::Ready(ReplayBody {
-            kind: Kind::Attempt(Attempt {
+            kind: Kind::Retry(RetryAttempt {
                 shared: Arc::clone(&self.shared),
                 sent_frames: 0,
                 sent_trailers: false,
-                keeps_frames: false,
             }),
         })
     }
@@ -234,16 +246,6 @@ impl<B> Replay<B> {
     }
 }
 
-impl<B> Drop for Attempt<B> {
-    fn drop(&mut self) {
-        self.shared.in_use.store(false, Ordering::SeqCst);
-        // Nearly always nobody waits: then no wake-up is owed.
-        if self.shared.retry_waiting.load(Ordering::SeqCst) {
-            self.shared.released.notify_one();
-        }
-    }
-}
-
 impl<B> Body for ReplayBody<B>
 where
     B: Body + Unpin,
@@ -261,7 +263,8 @@ where
             Kind::Passthrough(body) => Pin::new(body).poll_frame(cx).map(|frame| {
                 frame.map(|frame| frame.map(|f| f.map_data(into_bytes)).map_err(Into::into))
             }),
-            Kind::Attempt(attempt) => attempt.poll_frame(cx),
+            Kind::First(first) => first.poll_frame(cx),
+            Kind::Retry(retry) => retry.poll_frame(cx),
         }
     }
 
@@ -269,12 +272,8 @@ where
         match &self.kind {
             Kind::Empty => true,
             Kind::Passthrough(body) => body.is_end_stream(),
-            Kind::Attempt(attempt) => {
-                let state = attempt.shared.lock();
-                state.rest.as_ref().is_none_or(Body::is_end_stream)
-                    && (state.over_cap || attempt.sent_frames >= state.kept.len())
-                    && (attempt.sent_trailers || state.trailers.is_none())
-            }
+            Kind::First(first) => first.is_end_stream(),
+            Kind::Retry(retry) => retry.is_end_stream(),
         }
     }
 
@@ -282,7 +281,8 @@ where
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Passthrough(body) => body.size_hint(),
-            Kind::Attempt(attempt) => attempt.size_hint(),
+            Kind::First(first) => first.size_hint(),
+            Kind::Retry(retry) => retry.size_hint(),
         }
     }
 }
@@ -292,133 +292,18 @@ fn into_bytes<D: Buf>(mut data: D) -> Bytes {
     data.copy_to_bytes(data.remaining())
 }
 
-impl<B> Attempt<B>
-where
-    B: Body + Unpin,
-    B::Error: Into<BoxError>,
-{
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let shared = &*self.shared;
-        let mut state = shared.lock();
-        // Replay what the first attempt sent.
-        if !state.over_cap && self.sent_frames < state.kept.len() {
-            let chunk = state.kept[self.sent_frames].clone();
-            self.sent_frames += 1;
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        if state.over_cap && !self.keeps_frames {
-            // `Replay::take` refuses such a body; never send a truncated one.
-            return Poll::Ready(Some(Err(
-                "the request body can no longer be replayed".into()
-            )));
-        }
-        // Then the rest of the caller's body.
-        while let Some(rest) = state.rest.as_mut() {
-            let frame = match Pin::new(&mut *rest).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    state.rest = None;
-                    break;
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    state.failed = true;
-                    return Poll::Ready(Some(Err(err.into())));
-                }
-                Poll::Ready(Some(Ok(frame))) => frame,
-            };
-            if rest.is_end_stream() {
-                // Report the end with this frame, not one poll later: HTTP/2 then sets
-                // END_STREAM on this DATA frame instead of sending an empty one after it.
-                state.rest = None;
-            }
-            match frame.into_data() {
-                Ok(data) => {
-                    let chunk = into_bytes(data);
-                    // Once the response future is gone (it holds the other reference), no
-                    // retry can come: stop keeping frames, and free those kept.
-                    if self.keeps_frames && Arc::strong_count(&self.shared) == 1 {
-                        self.keeps_frames = false;
-                        state.over_cap = true;
-                        state.kept = Vec::new();
-                        state.kept_len = 0;
-                    }
-                    if self.keeps_frames && keep(&mut state, shared.cap, &chunk) {
-                        self.sent_frames = state.kept.len();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        state.trailers = Some(trailers.clone());
-                        self.sent_trailers = true;
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                    // Neither data nor trailers: not part of http-body 1.0; skip it.
-                }
-            }
-        }
-        if !self.sent_trailers {
-            if let Some(trailers) = &state.trailers {
-                self.sent_trailers = true;
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
-            }
-        }
-        Poll::Ready(None)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let state = self.shared.lock();
-        let unsent: u64 = state
-            .kept
-            .get(self.sent_frames..)
-            .unwrap_or_default()
-            .iter()
-            .map(|c| c.len() as u64)
-            .sum();
-        match &state.rest {
-            None => SizeHint::with_exact(unsent),
-            Some(rest) => {
-                let rest = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower().saturating_add(unsent));
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper.saturating_add(unsent));
-                }
-                hint
-            }
-        }
-    }
-}
-
-/// Keeps a frame the first attempt sends, or gives up on replay past the cap. Returns whether
-/// the frame was kept.
-fn keep<B>(state: &mut BodyState<B>, cap: usize, chunk: &Bytes) -> bool {
-    if state.over_cap {
-        return false;
-    }
-    if state.kept_len + chunk.len() > cap {
-        tracing::trace!(cap, "request body passed the replay cap; replay refused");
-        state.over_cap = true;
-        state.kept = Vec::new();
-        state.kept_len = 0;
-        return false;
-    }
-    state.kept_len += chunk.len();
-    state.kept.push(chunk.clone());
-    true
-}
-
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Passthrough(_) => "passthrough",
             Kind::Empty => "empty",
-            Kind::Attempt(a) if a.keeps_frames => "first attempt",
-            Kind::Attempt(_) => "replay",
+            Kind::First(_) => "first attempt",
+            Kind::Retry(_) => "replay",
         };
         f.debug_struct("ReplayBody").field("kind", &kind).finish()
     }
 }
 
+mod attempts;
 #[cfg(test)]
 mod tests;

@@ -153,13 +153,17 @@ async fn past_the_cap_the_buffer_is_freed_and_replay_refused() {
     let replay = replay.unwrap();
     let (sent, _) = read(&mut first, usize::MAX).await;
     assert_eq!(sent.len(), 30, "the first attempt still gets every byte");
-    {
-        let state = replay.shared.lock();
-        assert!(state.over_cap);
-        assert_eq!(state.kept_len, 0);
-        assert_eq!(state.kept.capacity(), 0, "the buffer was freed");
-    }
+    let Kind::First(attempt) = &first.kind else {
+        panic!("a replayable body's first attempt")
+    };
+    assert_eq!(attempt.kept_len, 0);
+    assert_eq!(attempt.kept.capacity(), 0, "the buffer was freed");
+    assert!(
+        matches!(replay.take(), Take::Refused),
+        "refused at once, without waiting for the first attempt to end"
+    );
     drop(first);
+    assert!(replay.shared.lock().over_cap);
     assert!(matches!(replay.take(), Take::Refused));
 }
 
@@ -229,4 +233,53 @@ async fn passthrough_streams_the_body_unchanged() {
     let (data, trailers) = read(&mut body, usize::MAX).await;
     assert_eq!(data, b"xy");
     assert!(trailers.is_some());
+}
+
+#[tokio::test]
+async fn a_first_attempt_dropped_unpolled_leaves_the_whole_body_for_the_retry() {
+    let (first, replay) = replayable(Frames::new(&["ab", "cd"], true), 64);
+    let replay = replay.unwrap();
+    drop(first); // the request never went out, or the server answered before reading
+    let mut retry = take(&replay);
+    assert_eq!(retry.size_hint().exact(), Some(4));
+    let (data, trailers) = read(&mut retry, usize::MAX).await;
+    assert_eq!(data, b"abcd");
+    assert!(trailers.is_some());
+}
+
+#[tokio::test]
+async fn the_first_attempt_reports_the_callers_hints_before_and_while_streaming() {
+    let (mut first, _replay) = replayable(Frames::new(&["ab", "cd"], false), 64);
+    assert_eq!(first.size_hint().exact(), Some(4), "before the first poll");
+    assert!(!first.is_end_stream());
+    let (data, _) = read(&mut first, 1).await;
+    assert_eq!(data, b"ab");
+    assert!(!first.is_end_stream());
+    let (data, _) = read(&mut first, 1).await;
+    assert_eq!(data, b"cd");
+    assert!(
+        first.is_end_stream(),
+        "the end is reported with the last frame"
+    );
+    assert_eq!(first.size_hint().exact(), Some(0));
+}
+
+#[tokio::test]
+async fn once_the_response_future_is_gone_nothing_is_kept_or_handed_over() {
+    let (mut first, replay) = replayable(Frames::new(&["ab", "cd", "ef"], false), 64);
+    let replay = replay.unwrap();
+    let shared = Arc::downgrade(&replay.shared);
+    read(&mut first, 1).await;
+    drop(replay); // the caller gave up on the response: no retry can come
+    let (rest, _) = read(&mut first, usize::MAX).await;
+    assert_eq!(rest, b"cdef", "the first attempt still sends every byte");
+    let Kind::First(attempt) = &first.kind else {
+        panic!("a replayable body's first attempt")
+    };
+    assert_eq!(attempt.kept.capacity(), 0, "the kept frames were freed");
+    drop(first);
+    assert!(
+        shared.upgrade().is_none(),
+        "the shared state is gone with the last attempt"
+    );
 }
