@@ -5,9 +5,10 @@
 //! Run with `cargo bench --bench e2e`. 64 requests in flight, each a POST with a 1 KiB body and a
 //! 1.1 KB token (the size of Besender's example token), over HTTP/1.1 and h2c. Loopback
 //! throughput drifts by several percent from second to second on a shared machine, so the runs
-//! are interleaved (A B, B A, ...), the ratio is taken within each pair, and the median of nine
-//! pairs is reported. `E2E_RETRY=0` measures the layer with retry off; `E2E_PROTO=h1` or
-//! `E2E_PROTO=h2c` runs one protocol.
+//! are short and interleaved (A B, B A, ...), the ratio is taken within each pair, and the median
+//! of 21 pairs is reported with the middle half of the pair ratios. `E2E_RETRY=0` measures the
+//! layer with retry off; `E2E_PROTO=h1` or `E2E_PROTO=h2c` runs one protocol; `E2E_PAIRS` and
+//! `E2E_REQUESTS` (per run) change the sample.
 
 use std::{
     convert::Infallible,
@@ -33,8 +34,18 @@ use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AddAuthorization;
 
 const IN_FLIGHT: usize = 64;
-const REQUESTS_PER_RUN: u64 = 20_000;
-const PAIRS: usize = 9;
+
+/// Runs are short and pairs many: drift between the two halves of a pair is what skews a ratio.
+/// `E2E_REQUESTS` and `E2E_PAIRS` override these.
+const REQUESTS_PER_RUN: u64 = 10_000;
+const PAIRS: usize = 21;
+
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// Answers every request with 200 after reading its body.
 async fn serve(listener: TcpListener) {
@@ -55,7 +66,7 @@ async fn serve(listener: TcpListener) {
 }
 
 /// Requests per second for `REQUESTS_PER_RUN` requests, `IN_FLIGHT` at a time.
-async fn throughput<S>(service: S, url: &str, body: Bytes) -> f64
+async fn throughput<S>(service: S, url: &str, body: Bytes, requests: u64) -> f64
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
@@ -72,7 +83,7 @@ where
                 url.to_owned(),
             );
             tokio::spawn(async move {
-                while sent.fetch_add(1, Ordering::Relaxed) < REQUESTS_PER_RUN {
+                while sent.fetch_add(1, Ordering::Relaxed) < requests {
                     let request = Request::post(&url)
                         .header("content-type", "application/json")
                         .body(Full::new(body.clone()))
@@ -87,12 +98,16 @@ where
     for worker in workers {
         worker.await.unwrap();
     }
-    REQUESTS_PER_RUN as f64 / start.elapsed().as_secs_f64()
+    requests as f64 / start.elapsed().as_secs_f64()
 }
 
 fn median(values: &mut [f64]) -> f64 {
+    quantile(values, 0.5)
+}
+
+fn quantile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
 fn main() {
@@ -110,8 +125,10 @@ fn main() {
         let layer = BesenderAuthLayer::new(Token::bearer(&token, Duration::from_secs(86_400)));
         layer.cache().get().await.unwrap();
 
-        println!("| protocol | AddAuthorization req/s (median) | BesenderAuth req/s (median) | throughput ratio (median of {PAIRS} pairs) |");
-        println!("|---|---|---|---|");
+        let requests = setting("E2E_REQUESTS", REQUESTS_PER_RUN);
+        let pairs = setting("E2E_PAIRS", PAIRS).max(1);
+        println!("| protocol | AddAuthorization req/s (median) | BesenderAuth req/s (median) | throughput ratio (median of {pairs} pairs) | middle half of the pair ratios |");
+        println!("|---|---|---|---|---|");
         // E2E_RETRY=0 measures the layer with retry off; E2E_PROTO=h1 or h2c runs one protocol.
         let retry = std::env::var("E2E_RETRY").map_or(true, |v| v != "0");
         let protocols: &[bool] = match std::env::var("E2E_PROTO").as_deref() {
@@ -127,28 +144,32 @@ fn main() {
             let baseline = AddAuthorization::bearer(plain, &token).as_sensitive(true);
             let ours = layer.clone().retry(retry).layer(layered);
             // Warm both connection pools.
-            throughput(baseline.clone(), &url, body.clone()).await;
-            throughput(ours.clone(), &url, body.clone()).await;
+            throughput(baseline.clone(), &url, body.clone(), requests).await;
+            throughput(ours.clone(), &url, body.clone(), requests).await;
 
             let (mut base_rates, mut our_rates, mut ratios) = (vec![], vec![], vec![]);
-            for pair in 0..PAIRS {
+            for pair in 0..pairs {
+                let run_baseline = || throughput(baseline.clone(), &url, body.clone(), requests);
+                let run_ours = || throughput(ours.clone(), &url, body.clone(), requests);
                 let (b, o) = if pair % 2 == 0 {
-                    let b = throughput(baseline.clone(), &url, body.clone()).await;
-                    (b, throughput(ours.clone(), &url, body.clone()).await)
+                    let b = run_baseline().await;
+                    (b, run_ours().await)
                 } else {
-                    let o = throughput(ours.clone(), &url, body.clone()).await;
-                    (throughput(baseline.clone(), &url, body.clone()).await, o)
+                    let o = run_ours().await;
+                    (run_baseline().await, o)
                 };
                 base_rates.push(b);
                 our_rates.push(o);
                 ratios.push(o / b);
             }
             println!(
-                "| {} | {:.0} | {:.0} | {:.3}x |",
+                "| {} | {:.0} | {:.0} | {:.3}x | {:.3}x-{:.3}x |",
                 if h2 { "h2c" } else { "HTTP/1.1" },
                 median(&mut base_rates),
                 median(&mut our_rates),
                 median(&mut ratios),
+                quantile(&mut ratios, 0.25),
+                quantile(&mut ratios, 0.75),
             );
         }
     });

@@ -207,7 +207,7 @@ impl<B> Replay<B> {
         if self.shared.empty {
             return Take::Ready(ReplayBody { kind: Kind::Empty });
         }
-        if self.shared.gave_up.load(Ordering::Acquire) {
+        if self.shared.gave_up.load(Ordering::SeqCst) {
             return Take::Refused;
         }
         // The first attempt hands its state over before it clears `in_use`, under this lock:
@@ -230,8 +230,8 @@ impl<B> Replay<B> {
     }
 
     /// Announces that the retry waits for the first attempt's body (after [`take`](Self::take)
-    /// said `Held`), and resolves once it has been dropped: at once if it was dropped in
-    /// between, since the future re-checks `in_use` before each wait.
+    /// said `Held`), and resolves once it has been dropped or has given up keeping frames: at
+    /// once if that happened in between, since the future re-checks before each wait.
     pub(crate) fn released(&self) -> impl Future<Output = ()> + Send + 'static
     where
         B: Send + 'static,
@@ -239,7 +239,9 @@ impl<B> Replay<B> {
         self.shared.retry_waiting.store(true, Ordering::SeqCst);
         let shared = Arc::clone(&self.shared);
         async move {
-            while shared.in_use.load(Ordering::SeqCst) {
+            // Until the first attempt lets go of the body, or gives up on keeping it (then
+            // `take` refuses, and the refusal need not wait for the upload to end).
+            while shared.in_use.load(Ordering::SeqCst) && !shared.gave_up.load(Ordering::SeqCst) {
                 shared.released.notified().await;
             }
         }

@@ -41,6 +41,14 @@ impl<B> Shared<B> {
     /// An attempt body is gone: a waiting retry may take the body.
     fn release(&self) {
         self.in_use.store(false, Ordering::SeqCst);
+        self.wake_retry();
+    }
+
+    /// Wakes the retry if it announced that it waits. Called after the store it waits for: both
+    /// are `SeqCst`, like the retry's announcement and its check, so either the retry sees the
+    /// store or this sees the retry waiting (and `Notify` keeps the permit if it is not polled
+    /// yet).
+    fn wake_retry(&self) {
         // Nearly always nobody waits: then no wake-up is owed.
         if self.retry_waiting.load(Ordering::SeqCst) {
             self.released.notify_one();
@@ -180,7 +188,9 @@ where
         self.keeping = false;
         self.kept = Vec::new();
         self.kept_len = 0;
-        self.shared.gave_up.store(true, Ordering::Release);
+        if !self.shared.gave_up.swap(true, Ordering::SeqCst) {
+            self.shared.wake_retry();
+        }
     }
 }
 

@@ -212,8 +212,13 @@ async fn a_failed_body_is_not_replayed() {
     let (mut first, replay) = replayable(body, 64);
     first.frame().await.unwrap().unwrap();
     assert!(first.frame().await.unwrap().is_err());
+    let replay = replay.unwrap();
+    assert!(
+        matches!(replay.take(), Take::Refused),
+        "refused at once, before the first attempt is dropped"
+    );
     drop(first);
-    assert!(matches!(replay.unwrap().take(), Take::Refused));
+    assert!(matches!(replay.take(), Take::Refused));
 }
 
 #[tokio::test]
@@ -282,4 +287,81 @@ async fn once_the_response_future_is_gone_nothing_is_kept_or_handed_over() {
         shared.upgrade().is_none(),
         "the shared state is gone with the last attempt"
     );
+}
+
+#[tokio::test]
+async fn the_end_is_not_reported_while_trailers_are_pending() {
+    let (mut first, _replay) = replayable(Frames::new(&["ab"], true), 64);
+    let (data, trailers) = read(&mut first, 1).await;
+    assert_eq!(data, b"ab");
+    assert!(trailers.is_none());
+    assert!(!first.is_end_stream(), "the trailers are still to come");
+    let (_, trailers) = read(&mut first, usize::MAX).await;
+    assert!(trailers.is_some());
+    assert!(first.is_end_stream());
+}
+
+/// Drops `body` on another thread.
+fn drop_elsewhere<B: Send + 'static>(body: ReplayBody<B>) {
+    std::thread::spawn(move || drop(body)).join().unwrap();
+}
+
+#[tokio::test]
+async fn a_waiting_retry_is_woken_when_another_thread_lets_go_of_the_body() {
+    let (mut first, replay) = replayable(Frames::new(&["ab", "cd"], true), 64);
+    let replay = replay.unwrap();
+    read(&mut first, 1).await;
+    assert!(matches!(replay.take(), Take::Held));
+    let wait = tokio::spawn(tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        replay.released(),
+    ));
+    tokio::task::yield_now().await; // the waiter parks
+    drop_elsewhere(first);
+    wait.await.unwrap().expect("woken, not timed out");
+    let mut retry = take(&replay);
+    let (data, trailers) = read(&mut retry, usize::MAX).await;
+    assert_eq!(data, b"abcd");
+    assert!(trailers.is_some());
+}
+
+#[tokio::test]
+async fn a_waiting_retry_is_told_at_once_when_the_first_attempt_passes_the_cap() {
+    let body = Frames::new(&["0123456789"; 4], false).without_size();
+    let (mut first, replay) = replayable(body, 25);
+    let replay = replay.unwrap();
+    read(&mut first, 1).await;
+    assert!(matches!(replay.take(), Take::Held));
+    let wait = tokio::spawn(tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        replay.released(),
+    ));
+    tokio::task::yield_now().await; // the waiter parks
+    read(&mut first, 2).await; // past the cap, and the first attempt still streams
+    wait.await
+        .unwrap()
+        .expect("told when the first attempt gave up, not at the end of the upload");
+    assert!(matches!(replay.take(), Take::Refused));
+    drop(first);
+}
+
+#[tokio::test]
+async fn a_hand_over_from_another_thread_is_seen_whole() {
+    for _ in 0..200 {
+        let (mut first, replay) = replayable(Frames::new(&["ab", "cd", "ef"], true), 64);
+        let replay = replay.unwrap();
+        read(&mut first, 2).await;
+        let dropper = std::thread::spawn(move || drop(first));
+        let mut retry = loop {
+            match replay.take() {
+                Take::Ready(body) => break body,
+                Take::Held => std::thread::yield_now(),
+                Take::Refused => panic!("refused"),
+            }
+        };
+        dropper.join().unwrap();
+        let (data, trailers) = read(&mut retry, usize::MAX).await;
+        assert_eq!(data, b"abcdef");
+        assert!(trailers.is_some());
+    }
 }
