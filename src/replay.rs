@@ -43,7 +43,10 @@ use http::{HeaderMap, request::Parts};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 
-use self::attempts::{First, RetryAttempt};
+use self::{
+    attempts::{First, RetryAttempt},
+    kept::Kept,
+};
 use crate::{error::BoxError, head::RequestHead};
 
 /// A request body that the layer can replay once.
@@ -92,8 +95,7 @@ struct Shared<B> {
 }
 
 struct BodyState<B> {
-    kept: Vec<Bytes>,
-    kept_len: usize,
+    kept: Kept,
     trailers: Option<HeaderMap>,
     /// The caller's body, from where the first attempt stopped; `None` once it ended.
     rest: Option<B>,
@@ -160,8 +162,7 @@ impl<B: Body> ReplayBody<B> {
             cap,
             empty,
             body: Mutex::new(BodyState {
-                kept: Vec::new(),
-                kept_len: 0,
+                kept: Kept::default(),
                 trailers: None,
                 rest: (!empty).then_some(body),
                 over_cap: false,
@@ -179,8 +180,7 @@ impl<B: Body> ReplayBody<B> {
                 shared: Arc::clone(&shared),
                 taken: false,
                 body: None,
-                kept: Vec::new(),
-                kept_len: 0,
+                kept: Kept::default(),
                 keeping: true,
             })
         };
@@ -307,5 +307,6 @@ impl<B> fmt::Debug for ReplayBody<B> {
 }
 
 mod attempts;
+mod kept;
 #[cfg(test)]
 mod tests;

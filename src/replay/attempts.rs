@@ -10,7 +10,7 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::{Shared, into_bytes};
+use super::{Shared, into_bytes, kept::Kept};
 use crate::error::BoxError;
 
 /// The first attempt. It streams without taking the lock: the caller's body and the frames it
@@ -23,8 +23,7 @@ pub(super) struct First<B> {
     pub(super) taken: bool,
     /// The caller's body, once taken; `None` again once it ended.
     pub(super) body: Option<B>,
-    pub(super) kept: Vec<Bytes>,
-    pub(super) kept_len: usize,
+    pub(super) kept: Kept,
     /// Still keeping frames: under the cap, the body has not failed, and a retry may come.
     pub(super) keeping: bool,
 }
@@ -64,7 +63,6 @@ impl<B> Drop for First<B> {
             let mut state = self.shared.lock();
             state.rest = self.body.take();
             state.kept = std::mem::take(&mut self.kept);
-            state.kept_len = self.kept_len;
             state.over_cap |= !self.keeping;
         }
         self.shared.release();
@@ -167,10 +165,10 @@ where
         // Once the response future is gone (it holds the other reference), no retry can come.
         if Arc::strong_count(&self.shared) == 1 {
             self.keeping = false;
-            self.kept = Vec::new();
+            self.kept = Kept::default();
             return;
         }
-        if self.kept_len + chunk.len() > self.shared.cap {
+        if self.kept.len() + chunk.len() > self.shared.cap {
             tracing::trace!(
                 cap = self.shared.cap,
                 "request body passed the replay cap; replay refused"
@@ -178,7 +176,6 @@ where
             self.give_up();
             return;
         }
-        self.kept_len += chunk.len();
         self.kept.push(chunk.clone());
     }
 
@@ -186,8 +183,7 @@ where
     /// refused request's recovery at once, so it does not wait for this attempt to end.
     fn give_up(&mut self) {
         self.keeping = false;
-        self.kept = Vec::new();
-        self.kept_len = 0;
+        self.kept = Kept::default();
         if !self.shared.gave_up.swap(true, Ordering::SeqCst) {
             self.shared.wake_retry();
         }
@@ -202,7 +198,7 @@ where
     pub(super) fn is_end_stream(&self) -> bool {
         let state = self.shared.lock();
         state.rest.as_ref().is_none_or(Body::is_end_stream)
-            && self.sent_frames >= state.kept.len()
+            && self.sent_frames >= state.kept.frames()
             && (self.sent_trailers || state.trailers.is_none())
     }
 
@@ -261,13 +257,7 @@ where
 
     pub(super) fn size_hint(&self) -> SizeHint {
         let state = self.shared.lock();
-        let unsent: u64 = state
-            .kept
-            .get(self.sent_frames..)
-            .unwrap_or_default()
-            .iter()
-            .map(|c| c.len() as u64)
-            .sum();
+        let unsent = state.kept.len_from(self.sent_frames);
         match &state.rest {
             None => SizeHint::with_exact(unsent),
             Some(rest) => {
