@@ -322,7 +322,7 @@ where
                     return Poll::Ready(Err(error.take().expect("polled after completion")));
                 }
                 StateProj::Unretried { future, refusal } => {
-                    // Checked in place: a response moved fewer times is measurably cheaper.
+                    // Checked in place, so the response is moved once on its way out.
                     let result = ready!(future.poll(cx));
                     if let Ok(response) = &result {
                         refusal.check(response);
