@@ -235,6 +235,10 @@ fn main() {
         let rounds = rounds.to_str().and_then(|r| r.parse().ok()).unwrap_or(1);
         return instruction_counts(rounds);
     }
+    if std::env::var_os("LAYER_BENCH_PAIRED").is_some() {
+        // The interleaved ratios alone (a few seconds), for comparing changes quickly.
+        return paired_ratios();
+    }
     benches();
     paired_ratios();
     Criterion::default().configure_from_args().final_summary();

@@ -80,6 +80,7 @@ pub(crate) struct OnRefusal {
 
 impl OnRefusal {
     /// Whether `response` refuses the token; if so, invalidates the token (by identity).
+    #[inline]
     fn check<B>(&self, response: &Response<B>) -> bool {
         let refused = self.classifier.is_refusal(response);
         if refused {
@@ -314,6 +315,7 @@ where
 {
     type Output = Result<Response<ResBody>, Error>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let mut state = self.as_mut().project().state;

@@ -34,6 +34,7 @@ const HEADER_PREFIX: usize = 2 + 4 + 1;
 impl RequestHead {
     /// Copies the head of `request`; `None` if a part is too large to encode (then no retry is
     /// possible).
+    #[inline]
     pub(crate) fn copy(request: &Parts) -> Option<Self> {
         let uri = &request.uri;
         let uri_parts = [

@@ -137,6 +137,7 @@ where
     type Error = Error;
     type Future = ResponseFuture<S::Future, S, B>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // The token first: the inner service is not asked for capacity until we can use it.
         match self.phase {
@@ -164,6 +165,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if self.phase != Phase::Ready {
             return self.call_unready();
@@ -187,12 +189,14 @@ where
         // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
         let cap = self.core.max_replay_bytes;
         let (parts, body) = request.into_parts();
-        let Some(head) = ReplayBody::replay_head(&parts, &body, cap) else {
-            let refusal = self.core.on_refusal(lease.generation);
-            let request = Request::from_parts(parts, ReplayBody::passthrough(body));
-            return ResponseFuture::unretried(self.inner.call(request), refusal);
+        let (body, replay) = match ReplayBody::replayable(&parts, body, cap) {
+            Ok(replayable) => replayable,
+            Err(body) => {
+                let refusal = self.core.on_refusal(lease.generation);
+                let request = Request::from_parts(parts, ReplayBody::passthrough(body));
+                return ResponseFuture::unretried(self.inner.call(request), refusal);
+            }
         };
-        let (body, replay) = ReplayBody::replayable(head, body, cap);
         // Retries are cloned, only when needed, from a clone of the inner service made once;
         // the ready inner service serves this call (tower's clone rule).
         let inner = &self.inner;

@@ -8,6 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::{Shared, into_bytes, kept::Kept};
@@ -119,7 +120,7 @@ where
                     if let Ok(trailers) = frame.into_trailers() {
                         if self.keeping {
                             // Rare: kept where the retry reads them, at once.
-                            self.shared.lock().trailers = Some(trailers.clone());
+                            self.shared.lock().trailers = Some(Box::new(trailers.clone()));
                         }
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
@@ -249,7 +250,7 @@ where
         if !self.sent_trailers {
             if let Some(trailers) = &state.trailers {
                 self.sent_trailers = true;
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
+                return Poll::Ready(Some(Ok(Frame::trailers(HeaderMap::clone(trailers)))));
             }
         }
         Poll::Ready(None)

@@ -93,12 +93,9 @@ fn replayable<B: Body>(body: B, cap: usize) -> (ReplayBody<B>, Option<Replay<B>>
         .body(body)
         .unwrap();
     let (parts, body) = request.into_parts();
-    match ReplayBody::replay_head(&parts, &body, cap) {
-        Some(head) => {
-            let (body, replay) = ReplayBody::replayable(head, body, cap);
-            (body, Some(replay))
-        }
-        None => (ReplayBody::passthrough(body), None),
+    match ReplayBody::replayable(&parts, body, cap) {
+        Ok((body, replay)) => (body, Some(replay)),
+        Err(body) => (ReplayBody::passthrough(body), None),
     }
 }
 
