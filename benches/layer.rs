@@ -106,11 +106,23 @@ struct Subjects {
     retry_on: BesenderAuth<Noop<RetryOn>>,
 }
 
+/// The token is fetched, and the cache's alarms run, on a multi-thread runtime, as in a server
+/// or a client on `#[tokio::main]`. With `LAYER_BENCH_CURRENT_THREAD=1`, on a `current_thread`
+/// runtime instead, whose timers run only while a caller blocks on it: the layer then reads the
+/// clock once per request, so that a token never outlives its time unnoticed.
 fn subjects() -> Subjects {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = if std::env::var_os("LAYER_BENCH_CURRENT_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     let layer = BesenderAuthLayer::new(Token::bearer(TOKEN, Duration::from_secs(86_400)));
     {
         let _guard = runtime.enter();

@@ -141,8 +141,9 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // The token first: the inner service is not asked for capacity until we can use it.
         match self.phase {
-            Phase::Leased | Phase::Ready => {}
-            Phase::Idle if self.holds_current_lease() => {}
+            Phase::Ready => {}
+            // `Leased`: the inner service was not ready, maybe for a long time.
+            Phase::Idle | Phase::Leased if self.holds_usable_lease() => {}
             _ => match self.poll_token(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(false) => return Poll::Ready(Ok(())),
@@ -208,7 +209,8 @@ where
 }
 
 impl<S> BesenderAuth<S> {
-    /// Whether the token this service used last is still the one the cache serves.
+    /// Whether the token this service used last is still the one the cache serves, by the
+    /// cache's state word alone: for `call`, right after `poll_ready` checked it fully.
     #[inline]
     fn holds_current_lease(&self) -> bool {
         self.lease
@@ -216,11 +218,20 @@ impl<S> BesenderAuth<S> {
             .is_some_and(|lease| self.core.cache.is_current(lease))
     }
 
+    /// Whether the token this service used last may be used for the next request: still the
+    /// cache's, and not run out while no timer could say so (see `TokenCache::is_usable`).
+    #[inline]
+    fn holds_usable_lease(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|lease| self.core.cache.is_usable(lease))
+    }
+
     /// Gets a token, or waits for one. `Ready(true)`: `lease` holds it (phase `Leased`);
     /// `Ready(false)`: none can be had (phase `Failed`).
     #[cold]
     fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        if self.phase != Phase::Waiting && self.holds_current_lease() {
+        if self.phase != Phase::Waiting && self.holds_usable_lease() {
             self.slow = None;
             self.phase = Phase::Leased;
             return Poll::Ready(true);

@@ -3,7 +3,11 @@
 
 use std::sync::{Arc, Weak, atomic::Ordering};
 
-use tokio::{runtime::Handle, task::AbortHandle, time::Instant};
+use tokio::{
+    runtime::{Handle, RuntimeFlavor},
+    task::AbortHandle,
+    time::Instant,
+};
 
 use super::state::{CHECK, Control, Shared};
 
@@ -12,22 +16,22 @@ pub(super) struct Alarm {
     pub(super) at: Instant,
     pub(super) seq: u64,
     pub(super) handle: AbortHandle,
+    /// The alarm's runtime drives its timers on its own (a multi-thread runtime's workers),
+    /// rather than only while a caller blocks on it (`current_thread`).
+    pub(super) driven: bool,
 }
 
 impl Shared {
-    /// Ensures a live alarm fires at `at`. Returns false if there is no runtime to run it on.
-    pub(super) fn arm(self: &Arc<Self>, control: &mut Control, at: Instant) -> bool {
+    /// Ensures a live alarm fires at `at`. Returns whether its runtime drives its timers on its
+    /// own (see [`Alarm::driven`]), or `None` if there is no runtime to run it on.
+    pub(super) fn arm(self: &Arc<Self>, control: &mut Control, at: Instant) -> Option<bool> {
         let live = |alarm: &Alarm| self.fired.load(Ordering::SeqCst) != alarm.seq;
-        if control
-            .alarm
-            .as_ref()
-            .is_some_and(|a| a.at == at && live(a))
-        {
-            return true;
+        if let Some(alarm) = control.alarm.as_ref().filter(|a| a.at == at && live(a)) {
+            return Some(alarm.driven);
         }
-        let Ok(runtime) = Handle::try_current() else {
-            return false;
-        };
+        let runtime = Handle::try_current().ok()?;
+        // Any flavor but `current_thread` runs worker threads that drive the timers.
+        let driven = runtime.runtime_flavor() != RuntimeFlavor::CurrentThread;
         if let Some(old) = control.alarm.take() {
             old.handle.abort();
         }
@@ -45,8 +49,13 @@ impl Shared {
                 tokio::time::sleep_until(at).await;
             })
             .abort_handle();
-        control.alarm = Some(Alarm { at, seq, handle });
-        true
+        control.alarm = Some(Alarm {
+            at,
+            seq,
+            handle,
+            driven,
+        });
+        Some(driven)
     }
 }
 

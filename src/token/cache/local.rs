@@ -7,8 +7,9 @@
 //! it stays in every core's cache), a look in this thread's slots, and a clone of a value only
 //! this thread touches. No lock, no allocation, no await.
 //!
-//! A slot is trusted only while the shared state names its generation without the `CHECK` bit;
-//! see the invariants in `state.rs`.
+//! A slot is trusted only while the shared state names its generation without the `CHECK` bit,
+//! and, if the state has the `CLOCK` bit, only until its entry's usable time; see the invariants
+//! in `state.rs`.
 
 use std::{
     cell::RefCell,
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 
 use super::{
     Lease,
-    state::{CHECK, Entry, Shared},
+    state::{CHECK, CLOCK, Entry, GENERATION_SHIFT, Shared},
 };
 use crate::token::Token;
 
@@ -47,17 +48,40 @@ thread_local! {
     static SLOTS: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The valid token's generation, if the hot path may serve it.
-#[inline]
-fn valid_generation(shared: &Shared) -> Option<u64> {
-    let state = shared.state.load(Ordering::Acquire);
-    (state & CHECK == 0).then_some(state >> 1)
+/// What the state word says of the valid token, if the hot path may serve it.
+#[derive(Clone, Copy)]
+struct Valid {
+    generation: u64,
+    /// Valid only while the clock is before the entry's usable time (see `CLOCK`).
+    clock: bool,
 }
 
-/// Whether the hot path would serve `generation` now.
+#[inline]
+fn valid(shared: &Shared) -> Option<Valid> {
+    let state = shared.state.load(Ordering::Acquire);
+    (state & CHECK == 0).then_some(Valid {
+        generation: state >> GENERATION_SHIFT,
+        clock: state & CLOCK != 0,
+    })
+}
+
+/// Whether the hot path serves `generation` now, by the state word alone: one atomic load.
+/// Under `CLOCK`, the token may still have run out; see [`is_usable`].
 #[inline]
 pub(super) fn is_current(shared: &Shared, generation: u64) -> bool {
-    valid_generation(shared) == Some(generation)
+    valid(shared).is_some_and(|valid| valid.generation == generation)
+}
+
+/// Whether the hot path would serve `lease` now: [`is_current`], and under `CLOCK` a look at
+/// the clock.
+#[inline]
+pub(super) fn is_usable(shared: &Shared, lease: &Lease) -> bool {
+    match valid(shared) {
+        Some(valid) if valid.generation == lease.generation => {
+            !valid.clock || Instant::now() < lease.usable_until
+        }
+        _ => false,
+    }
 }
 
 /// Runs `f` on this thread's slot for `generation` of `shared`, if there is one.
@@ -74,20 +98,28 @@ fn with_slot<R>(shared: &Shared, generation: u64, f: impl FnOnce(&Slot) -> R) ->
 
 /// This thread's copy of the valid token's header value, if there is a valid token.
 pub(super) fn lease(shared: &Arc<Shared>) -> Option<Lease> {
-    let generation = valid_generation(shared)?;
-    let header = with_slot(shared, generation, |slot| slot.header.clone());
-    match header {
-        Some(header) => Some(Lease { header, generation }),
+    let valid = valid(shared)?;
+    let generation = valid.generation;
+    let slot = with_slot(shared, generation, |slot| {
+        (slot.header.clone(), slot.entry.usable_until())
+    });
+    let lease = match slot {
+        Some((header, usable_until)) => Lease {
+            header,
+            generation,
+            usable_until,
+        },
         // First read of this token on this thread.
-        None => Some(lease_entry(shared, &shared.current_entry(generation)?)),
-    }
+        None => lease_entry(shared, &shared.current_entry(generation)?),
+    };
+    (!valid.clock || Instant::now() < lease.usable_until).then_some(lease)
 }
 
 /// The valid token itself, for [`TokenCache::get`](super::TokenCache::get). Unlike the layer's
 /// read, it also checks the clock: the alarm that would have flagged an expiry may not have run
 /// yet (a runtime idle between `block_on` calls), and `get` promises a valid token.
 pub(super) fn cached_token(shared: &Arc<Shared>) -> Option<Token> {
-    let generation = valid_generation(shared)?;
+    let generation = valid(shared)?.generation;
     let (entry, copied) = match with_slot(shared, generation, |slot| Arc::clone(&slot.entry)) {
         Some(entry) => (entry, true),
         None => (shared.current_entry(generation)?, false),
@@ -130,7 +162,11 @@ pub(super) fn lease_entry(shared: &Arc<Shared>, entry: &Arc<Entry>) -> Lease {
     });
     // During thread teardown there are no slots: share the cache's value instead.
     let header = made.unwrap_or_else(|_| entry.header.clone());
-    Lease { header, generation }
+    Lease {
+        header,
+        generation,
+        usable_until: entry.usable_until(),
+    }
 }
 
 /// A copy of `value` in an allocation of its own, still marked sensitive.

@@ -10,6 +10,7 @@ mod state;
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use http::HeaderValue;
+use tokio::time::Instant;
 
 pub(crate) use self::state::RefusalCounters;
 use self::state::{Lookup, Shared};
@@ -68,6 +69,8 @@ pub struct TokenCache {
 pub(crate) struct Lease {
     pub(crate) header: HeaderValue,
     pub(crate) generation: u64,
+    /// When the cache stops using the token (its expiry less the margin).
+    pub(crate) usable_until: Instant,
 }
 
 impl fmt::Debug for Lease {
@@ -151,10 +154,18 @@ impl TokenCache {
         local::lease(&self.shared)
     }
 
-    /// Whether `lease` is still the valid token the hot path serves: one atomic load.
+    /// Whether `lease` is still the token the hot path serves, by the state word alone: one
+    /// atomic load. For a lease taken moments ago (in the same `poll_ready`/`call` pair).
     #[inline]
     pub(crate) fn is_current(&self, lease: &Lease) -> bool {
         local::is_current(&self.shared, lease.generation)
+    }
+
+    /// Whether `lease` may be used now: [`is_current`](Self::is_current), and, when the cache's
+    /// alarm runs on a runtime that may not be driven (`current_thread`), a look at the clock.
+    #[inline]
+    pub(crate) fn is_usable(&self, lease: &Lease) -> bool {
+        local::is_usable(&self.shared, lease)
     }
 
     /// The layer's slow path: like [`get`](Self::get), without awaiting unless a fetch runs.

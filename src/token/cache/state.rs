@@ -13,9 +13,12 @@
 //!   down, possibly before it ever ran): its guard exists before the task is spawned and takes
 //!   no lock. A publisher that clears `CHECK` looks at `fired` afterwards and sets `CHECK` again
 //!   if its alarm is already gone (both sides `SeqCst`), so a "valid" never outlives its alarm.
-//!   The alarm runs on the runtime's timer: if the runtime is not driven (a `current_thread`
-//!   runtime idle between `block_on` calls), the first read after a long gap can still see the
-//!   old state. `TokenCache::get` checks the clock itself; the layer lets a refusal repair it.
+//!   The alarm runs on the runtime's timer, and a runtime that is not driven (a `current_thread`
+//!   runtime idle between `block_on` calls) runs no timer: an alarm armed on such a runtime
+//!   also sets `CLOCK`, and every read of a `CLOCK` state compares the clock with the entry's
+//!   `usable_until` itself. A multi-thread runtime's workers drive its timers whenever they
+//!   park, so an alarm there is late by at most a task's poll, far less than the expiry margin:
+//!   its reads trust the state word alone, and read no clock.
 //! - A fetch runs on a task of its own and owns its `watch` sender. Once running, it always ends
 //!   in `finish`, even if it is cancelled or the source panics (a drop guard); a task dropped
 //!   before it first ran drops its sender, which `reap_dead_flight` notices. A fetch whose task
@@ -48,7 +51,13 @@ use super::{
 };
 use crate::{error::TokenError, token::Token};
 
+/// "Take the lock and look at the clock": the state word alone does not say the entry is valid.
 pub(super) const CHECK: u64 = 1;
+/// "Valid unless the clock says the entry's usable time is over": the alarm runs on a runtime
+/// that may not be driven; see the module invariants.
+pub(super) const CLOCK: u64 = 2;
+/// The generation sits above the flag bits.
+pub(super) const GENERATION_SHIFT: u32 = 2;
 
 /// How a token was obtained: forced refreshes are rate-limited, normal fetches are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +81,11 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Until when the token may be used.
+    pub(super) fn usable_until(&self) -> Instant {
+        self.usable_until
+    }
+
     /// Whether the token may still be used at `now`.
     pub(super) fn usable_at(&self, now: Instant) -> bool {
         now < self.usable_until
@@ -106,7 +120,7 @@ pub(super) struct Control {
 pub(crate) struct Shared {
     /// Distinguishes caches in the per-thread copies.
     pub(super) id: u64,
-    /// `generation << 1 | CHECK`; see the module invariants.
+    /// `generation << GENERATION_SHIFT | CLOCK | CHECK`; see the module invariants.
     pub(super) state: AtomicU64,
     /// The sequence number of the alarm armed now.
     pub(super) armed: AtomicU64,
@@ -378,11 +392,15 @@ impl Shared {
                 .max(retry_at.unwrap_or(now))
                 .min(entry.usable_until),
         };
-        if !self.arm(control, next) {
+        let Some(driven) = self.arm(control, next) else {
             self.publish_check(control);
             return;
-        }
-        self.state.store(entry.generation << 1, Ordering::SeqCst);
+        };
+        let clock = if driven { 0 } else { CLOCK };
+        self.state.store(
+            entry.generation << GENERATION_SHIFT | clock,
+            Ordering::SeqCst,
+        );
         // If the alarm already fired or died, its `CHECK` came before this store: set it again.
         let seq = control.alarm.as_ref().map(|alarm| alarm.seq);
         if seq.is_some_and(|seq| self.fired.load(Ordering::SeqCst) == seq) {
@@ -392,7 +410,8 @@ impl Shared {
 
     pub(super) fn publish_check(&self, control: &Control) {
         let generation = control.entry.as_ref().map_or(0, |e| e.generation);
-        self.state.store(generation << 1 | CHECK, Ordering::SeqCst);
+        self.state
+            .store(generation << GENERATION_SHIFT | CHECK, Ordering::SeqCst);
     }
 }
 
