@@ -357,6 +357,45 @@ async fn refreshes_of_a_fleet_are_spread_by_jitter() {
     assert!(first >= 20 * 60 && last <= 22 * 60, "{minutes:?}");
 }
 
+/// A short lifetime: the expiry margin (a quarter of it), the window (capped at half) and the
+/// jitter add up to more than half of it, yet the refresh never starts before half-way, so a
+/// 20 s token is not fetched again right after it arrived; and it is refreshed before it runs
+/// out.
+#[tokio::test(start_paused = true)]
+async fn a_short_lived_token_is_refreshed_in_its_second_half_only() {
+    let lifetime = Duration::from_secs(20);
+    let sources: Vec<_> = (0..40)
+        .map(|_| TestSource::new(lifetime, Duration::ZERO))
+        .collect();
+    let caches: Vec<_> = sources
+        .iter()
+        .map(|s| TokenCache::new(s.source()))
+        .collect();
+    let start = Instant::now();
+    for cache in &caches {
+        cache.get().await.unwrap();
+    }
+    let mut refreshed_at = vec![None; caches.len()];
+    while start.elapsed() < lifetime {
+        sleep(Duration::from_millis(500)).await;
+        for (i, cache) in caches.iter().enumerate() {
+            cache.get().await.unwrap();
+            settle().await;
+            if refreshed_at[i].is_none() && sources[i].calls() == 2 {
+                refreshed_at[i] = Some(start.elapsed());
+            }
+        }
+    }
+    for at in refreshed_at {
+        let at = at.expect("refreshed within its lifetime");
+        // Half-way; the usable time ends 5 s before expiry (the margin is a quarter).
+        assert!(
+            at >= lifetime / 2 && at < lifetime * 3 / 4,
+            "refreshed at {at:?}"
+        );
+    }
+}
+
 /// A runtime per call, each dropped before the alarms and fetches it was given could run: the
 /// cache must still never hand out an expired token.
 #[test]

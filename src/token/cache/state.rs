@@ -338,11 +338,16 @@ impl Shared {
             .max(config.min_refresh_window)
             .min(lifetime / 2);
         let jitter = window.mul_f64(config.refresh_jitter * control.random_unit());
-        // margin, window and jitter can add up to more than the lifetime: then refresh at once.
+        // Margin, window and jitter add up to more than half of a short lifetime (a 20 s token:
+        // 5 + 10 + up to 5 s): the refresh never starts before half-way, as documented, so a
+        // short-lived token is not fetched again right after it arrived. The margin is at most a
+        // quarter of the lifetime, so half-way is still before `usable_until`.
+        let half_way = now + lifetime / 2;
         let refresh_at = usable_until
             .checked_sub(window + jitter)
             .unwrap_or(now)
-            .max(now);
+            .max(half_way)
+            .min(usable_until);
         let header = token
             .header_value()
             .expect("fetch() checked the header before the token reached the cache");
