@@ -117,8 +117,10 @@ impl BesenderTokenSourceBuilder {
     }
 
     /// The HTTP client for token calls: any cloneable Tower service from
-    /// `Request<Full<Bytes>>` to an HTTP response. Default: a hyper-util legacy client over plain
-    /// TCP. Pass a TLS-capable client (for example hyper-rustls) to use an `https://` base URL.
+    /// `Request<Full<Bytes>>` to an HTTP response. Default: a hyper-util legacy client, over
+    /// rustls with Mozilla's root certificates for `https://` (feature `rustls`, on by
+    /// default). Pass your own for a private certificate authority, a proxy, or `https://`
+    /// without the feature.
     ///
     /// The client must not follow redirects: a redirect is reported as
     /// [`BesenderErrorKind::Redirect`](crate::BesenderErrorKind::Redirect) only if it reaches
@@ -145,8 +147,9 @@ impl BesenderTokenSourceBuilder {
     /// # Errors
     /// A [`ConfigError`] if the client ID or secret is missing, the base URL is not an absolute
     /// `http(s)://` URL or carries credentials, a query or a fragment, an extra header is invalid,
-    /// or the URL is plain `http://` to a host that is not loopback without
-    /// [`allow_insecure_http`](Self::allow_insecure_http).
+    /// the URL is plain `http://` to a host that is not loopback without
+    /// [`allow_insecure_http`](Self::allow_insecure_http), or it is `https://` with neither the
+    /// `rustls` feature nor a client of your own.
     pub fn build(self) -> Result<BesenderTokenSource, ConfigError> {
         if let Some(reason) = self.header_error {
             return Err(ConfigError::new(reason));
@@ -165,10 +168,11 @@ impl BesenderTokenSourceBuilder {
         }
         let uri = endpoint_uri(&self.base_url)?;
         let secure = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        if secure && self.client.is_none() {
+        if secure && self.client.is_none() && cfg!(not(feature = "rustls")) {
             return Err(ConfigError::new(
-                "https:// needs TLS, which the built-in client does not have yet (a `rustls` \
-                 feature is planned); pass a TLS-capable client with `.http_client(..)`",
+                "https:// needs TLS, which the built-in client has only with the `rustls` \
+                 feature (on by default); enable it, or pass a TLS-capable client with \
+                 `.http_client(..)`",
             ));
         }
         let host = uri.host().unwrap_or_default();
@@ -183,7 +187,10 @@ impl BesenderTokenSourceBuilder {
             "client_secret": secret.0,
         });
         let body = Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serializes"));
-        let client = self.client.unwrap_or_else(default_client);
+        let client = match self.client {
+            Some(client) => client,
+            None => default_client()?,
+        };
         Ok(BesenderTokenSource {
             inner: Arc::new(Inner {
                 endpoint: Arc::from(uri.to_string()),
@@ -200,16 +207,46 @@ impl BesenderTokenSourceBuilder {
     }
 }
 
-fn default_client() -> HttpClient {
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .build_http::<Full<Bytes>>();
+/// The built-in client: hyper-util's, over TLS (rustls, Mozilla's roots) with the `rustls`
+/// feature, plain HTTP without it.
+fn default_client() -> Result<HttpClient, ConfigError> {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_timer(TokioTimer::new());
+    #[cfg(feature = "rustls")]
+    let client = builder.build::<_, Full<Bytes>>(tls::connector()?);
+    #[cfg(not(feature = "rustls"))]
+    let client = builder.build_http::<Full<Bytes>>();
     let client = client
         .map_response(|response: Response<hyper::body::Incoming>| {
             response.map(|body| body.map_err(Into::into).boxed_unsync())
         })
         .map_err(BoxError::from);
-    BoxCloneSyncService::new(client)
+    Ok(BoxCloneSyncService::new(client))
+}
+
+#[cfg(feature = "rustls")]
+mod tls {
+    use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    use crate::error::ConfigError;
+
+    /// `https://` with rustls and its `ring` provider, named explicitly (a process-wide default
+    /// provider may be missing, or ambiguous when another crate enables a second one), and
+    /// Mozilla's root certificates; `http://` as is, for loopback and opted-in hosts. HTTP/2
+    /// where the server offers it by ALPN.
+    pub(super) fn connector() -> Result<HttpsConnector<HttpConnector>, ConfigError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let tls = HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|err| ConfigError::new(format!("TLS setup failed: {err}")))?;
+        Ok(tls
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http))
+    }
 }
 
 /// `{base}/open/api/v1/access_token`, checked.
