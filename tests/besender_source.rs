@@ -126,6 +126,18 @@ async fn absent_expires_in_means_24_hours() {
     assert!(token.remaining() <= Duration::from_secs(86_400));
 }
 
+/// The document types `expires_in` as an integer; a backend that stringifies numbers (as `code`
+/// may be) still gives a usable lifetime.
+#[tokio::test]
+async fn expires_in_as_a_numeric_string_is_accepted() {
+    let fields = format!(r#""token_type":"Bearer","expires_in":" 3600","access_token":"{TOKEN}""#);
+    let token = fetch_from(Reply::json(200, ok_body(&fields)))
+        .await
+        .unwrap();
+    assert!(token.remaining() > Duration::from_secs(3590));
+    assert!(token.remaining() <= Duration::from_secs(3600));
+}
+
 #[tokio::test]
 async fn bearer_is_matched_case_insensitively_and_message_may_be_absent() {
     for token_type in ["bearer", "BEARER", "Bearer"] {
@@ -202,6 +214,32 @@ async fn an_http_error_status_with_an_envelope_names_status_code_and_message() {
         }
     );
     assert!(err.to_string().contains("HTTP 401 Unauthorized"));
+}
+
+/// RFC 6749 §5.2: an OAuth server (or a gateway in front of Besender) answers a bad client with
+/// `error` and `error_description` instead of Besender's `code` and `message`.
+#[tokio::test]
+async fn an_oauth_error_body_is_named_in_the_error() {
+    let body = format!(
+        r#"{{"error":"invalid_client","error_description":"client {SECRET} failed to authenticate"}}"#
+    );
+    let err = error_from(Reply::json(401, body)).await;
+    let BesenderErrorKind::Rejected {
+        status,
+        code: None,
+        message: Some(message),
+    } = err.kind()
+    else {
+        panic!("{:?}", err.kind());
+    };
+    assert_eq!(*status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        message,
+        "invalid_client: client [redacted] failed to authenticate"
+    );
+    assert!(err.to_string().contains("invalid_client"), "{err}");
+    let err = error_from(Reply::json(400, r#"{"error":"invalid_request"}"#)).await;
+    assert!(err.to_string().contains("invalid_request"), "{err}");
 }
 
 #[tokio::test]
@@ -294,6 +332,11 @@ async fn unusable_expires_in_values_are_refused_without_overflow() {
         "-5",
         "1.5",
         "\"soon\"",
+        "\"0\"",
+        "\"-5\"",
+        "\"1.5\"",
+        "\"\"",
+        "\"99999999999999999999999\"",
         "1e300",
         "1000000000000",
         "18446744073709551615",

@@ -61,7 +61,8 @@ pub(crate) fn parse(
         .get("message")
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
-        .map(|m| echo(m, secret));
+        .map(|m| echo(m, secret))
+        .or_else(|| oauth_error(&envelope, secret));
     if !status.is_success() {
         return Err((rejected(status, code, message), None));
     }
@@ -122,6 +123,11 @@ fn expires_in(value: Option<&Value>) -> Result<Duration, ParseError> {
                 ));
             }
         },
+        // A numeric string, as `code` may be (backends that stringify every number).
+        Some(Value::String(text)) => match text.trim().parse::<u64>() {
+            Ok(seconds) => seconds,
+            Err(_) => return Err(invalid(FIELD, "expected an integer number of seconds")),
+        },
         Some(_) => return Err(invalid(FIELD, "expected an integer number of seconds")),
     };
     if seconds == 0 {
@@ -140,6 +146,24 @@ fn expires_in(value: Option<&Value>) -> Result<Duration, ParseError> {
         ));
     }
     Ok(Duration::from_secs(seconds))
+}
+
+/// An RFC 6749 §5.2 error (`{"error": "invalid_client", "error_description": "..."}`), as a
+/// gateway or an OAuth server in front of Besender answers, for an envelope with no `message`.
+fn oauth_error(envelope: &Map<String, Value>, secret: &str) -> Option<String> {
+    let error = envelope
+        .get("error")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())?;
+    let text = match envelope
+        .get("error_description")
+        .and_then(Value::as_str)
+        .filter(|d| !d.is_empty())
+    {
+        Some(description) => format!("{error}: {description}"),
+        None => error.to_owned(),
+    };
+    Some(echo(&text, secret))
 }
 
 /// Besender's `code` as an integer; tolerates a numeric string.
