@@ -3,7 +3,9 @@
 //!
 //! [`DefaultClassifier`] follows HTTP and RFC 6750:
 //! - HTTP 401 is a refusal, unless a `Bearer` challenge in `WWW-Authenticate` says
-//!   `error="insufficient_scope"` or `error="invalid_request"`: a new token cannot fix those.
+//!   `error="insufficient_scope"` or `error="invalid_request"` (a new token cannot fix those),
+//!   or `WWW-Authenticate` offers only other schemes, such as `Basic` (the resource does not
+//!   take a bearer token at all). A 401 with no challenge is a refusal.
 //! - `grpc-status: 16` (`UNAUTHENTICATED`) in the response headers is a refusal: gRPC reports
 //!   auth failures as HTTP 200 with a trailers-only response. Every other gRPC status, `7`
 //!   (`PERMISSION_DENIED`) included, is not.
@@ -61,20 +63,29 @@ impl ClassifyRefusal for DefaultClassifier {
     }
 }
 
-/// Whether a 401 may be fixed by a new token (RFC 6750: not for `insufficient_scope` or
-/// `invalid_request`).
+/// Whether a 401 may be fixed by a new token: not if `WWW-Authenticate` offers only other
+/// schemes (RFC 9110 §11.6.1: the challenges say what the resource accepts; a `Basic` realm
+/// takes no bearer token, and evicting a good one would refresh it for every caller), nor if a
+/// `Bearer` challenge says `insufficient_scope` or `invalid_request` (RFC 6750 §3.1). A 401
+/// with no challenge at all is a refusal: servers that check bearer tokens often send none.
 #[cold]
 fn unauthorized_is_refusal(headers: &HeaderMap) -> bool {
-    let mut hopeless = false;
+    let (mut challenged, mut bearer, mut hopeless) = (false, false, false);
     for value in headers.get_all(WWW_AUTHENTICATE) {
         let Ok(value) = value.to_str() else { continue };
-        for error in bearer_errors(value) {
+        let found = challenges(value);
+        challenged |= found.schemes > 0;
+        bearer |= found.bearer;
+        for error in found.bearer_errors {
             if error.eq_ignore_ascii_case("invalid_token") {
                 return true;
             }
             hopeless |= error.eq_ignore_ascii_case("insufficient_scope")
                 || error.eq_ignore_ascii_case("invalid_request");
         }
+    }
+    if challenged && !bearer {
+        return false;
     }
     !hopeless
 }
@@ -97,10 +108,21 @@ impl Classifier {
     }
 }
 
-/// The `error` parameters of the `Bearer` challenges in one `WWW-Authenticate` value
-/// (RFC 9110 §11.6.1 challenge syntax, RFC 6750 §3 parameters).
-fn bearer_errors(value: &str) -> Vec<String> {
-    let mut errors = Vec::new();
+/// What one `WWW-Authenticate` value offers.
+#[derive(Debug, Default)]
+struct Challenges {
+    /// Challenges (auth schemes) in the value.
+    schemes: usize,
+    /// One of them is `Bearer`.
+    bearer: bool,
+    /// The `error` parameters of the `Bearer` challenges.
+    bearer_errors: Vec<String>,
+}
+
+/// The challenges in one `WWW-Authenticate` value (RFC 9110 §11.6.1 challenge syntax, RFC 6750
+/// §3 parameters).
+fn challenges(value: &str) -> Challenges {
+    let mut found = Challenges::default();
     let mut parser = Parser { rest: value };
     let mut in_bearer = false;
     loop {
@@ -113,13 +135,23 @@ fn bearer_errors(value: &str) -> Vec<String> {
             parser.skip(|c| c == ' ' || c == '\t');
             let value = parser.param_value();
             if in_bearer && token.eq_ignore_ascii_case("error") {
-                errors.push(value);
+                found.bearer_errors.push(value);
             }
         } else {
+            // A scheme name (or an unpadded token68, counted as another scheme: harmless, as
+            // only `Bearer` is looked for).
             in_bearer = token.eq_ignore_ascii_case("bearer");
+            found.schemes += 1;
+            found.bearer |= in_bearer;
         }
     }
-    errors
+    found
+}
+
+/// The `error` parameters of the `Bearer` challenges in one `WWW-Authenticate` value.
+#[cfg(test)]
+fn bearer_errors(value: &str) -> Vec<String> {
+    challenges(value).bearer_errors
 }
 
 struct Parser<'a> {
@@ -254,6 +286,37 @@ mod tests {
                 r#"Newauth realm="x", error="insufficient_scope", Bearer"#
             )]
         ));
+    }
+
+    #[test]
+    fn a_401_that_offers_only_other_schemes_is_not_a_refusal() {
+        for challenge in [
+            r#"Basic realm="api""#,
+            r#"Digest realm="api", nonce="abc", qop="auth""#,
+            "Negotiate",
+        ] {
+            assert!(
+                !refusal(401, &[("www-authenticate", challenge)]),
+                "{challenge}"
+            );
+        }
+        // Bearer among them, in one value or another, is a refusal.
+        assert!(refusal(
+            401,
+            &[(
+                "www-authenticate",
+                r#"Basic realm="api", Bearer realm="api""#
+            )]
+        ));
+        assert!(refusal(
+            401,
+            &[
+                ("www-authenticate", r#"Basic realm="api""#),
+                ("www-authenticate", r#"Bearer error="invalid_token""#),
+            ]
+        ));
+        // An empty or unreadable value offers nothing: as if absent.
+        assert!(refusal(401, &[("www-authenticate", "")]));
     }
 
     #[test]

@@ -279,6 +279,29 @@ async fn an_early_refusal_of_a_streaming_body_ends_in_a_correct_outcome() {
     }
 }
 
+/// RFC 9110 §11.6.1: a 401 whose challenges are all of another scheme says what the resource
+/// accepts, and a bearer token is not it: the response passes through, the token stays cached,
+/// and nothing is fetched or sent again.
+#[tokio::test]
+async fn a_401_that_offers_only_basic_is_not_a_refusal_of_the_token() {
+    let server = ScriptedServer::start(
+        Reply::json(401, "{}").header("www-authenticate", r#"Basic realm="api""#),
+    )
+    .await;
+    let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+    let layer = BesenderAuthLayer::new(source.source());
+    let service = layer.layer_service(hyper_client(false));
+    for _ in 0..3 {
+        let response = send(&service, post(&server.url(), full_body("{}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(server.requests().len(), 3, "never retried");
+    assert_eq!(source.calls(), 1, "the token was not evicted");
+    assert_eq!(layer.stats().refusals, 0);
+}
+
 #[tokio::test]
 async fn persistent_refusal_retries_each_request_at_most_once() {
     let server = ScriptedServer::start(
