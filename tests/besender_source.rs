@@ -24,11 +24,7 @@ fn good_token_fields() -> String {
 }
 
 fn source(base: &str) -> BesenderTokenSource {
-    BesenderTokenSource::builder(base)
-        .client_id(19)
-        .client_secret(SECRET)
-        .build()
-        .unwrap()
+    common::besender_source(base, SECRET)
 }
 
 async fn fetch_from(reply: Reply) -> Result<Token, BesenderError> {

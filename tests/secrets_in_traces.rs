@@ -27,11 +27,7 @@ fn ok_body() -> String {
 }
 
 fn source(base: &str) -> BesenderTokenSource {
-    BesenderTokenSource::builder(base)
-        .client_id(19)
-        .client_secret(SECRET)
-        .build()
-        .unwrap()
+    common::besender_source(base, SECRET)
 }
 
 #[tokio::test]

@@ -388,6 +388,15 @@ pub fn source_for(
         .unwrap()
 }
 
+/// A `BesenderTokenSource` for client 19 with `secret`, against any server at `base`.
+pub fn besender_source(base: &str, secret: &str) -> besender_auth::BesenderTokenSource {
+    besender_auth::BesenderTokenSource::builder(base)
+        .client_id(19)
+        .client_secret(secret)
+        .build()
+        .unwrap()
+}
+
 /// Lets spawned tasks run until they block on something.
 pub async fn settle() {
     for _ in 0..20 {
