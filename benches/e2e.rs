@@ -8,7 +8,9 @@
 //! are short and interleaved (A B, B A, ...), the ratio is taken within each pair, and the median
 //! of 21 pairs is reported with the middle half of the pair ratios. `E2E_RETRY=0` measures the
 //! layer with retry off; `E2E_PROTO=h1` or `E2E_PROTO=h2c` runs one protocol; `E2E_PAIRS` and
-//! `E2E_REQUESTS` (per run) change the sample.
+//! `E2E_REQUESTS` (per run) change the sample; `E2E_ONLY=baseline` or `E2E_ONLY=layer` runs one
+//! side alone, for a profiler or `strace -c` (both send the same bytes and make the same
+//! syscalls per request).
 
 use std::{
     convert::Infallible,
@@ -147,6 +149,20 @@ fn main() {
             throughput(baseline.clone(), &url, body.clone(), requests).await;
             throughput(ours.clone(), &url, body.clone(), requests).await;
 
+            // E2E_ONLY=baseline or E2E_ONLY=layer: that side alone, for a profiler or strace.
+            match std::env::var("E2E_ONLY").as_deref() {
+                Ok("baseline") => {
+                    let rate = throughput(baseline.clone(), &url, body.clone(), requests).await;
+                    println!("baseline alone: {rate:.0} req/s");
+                    continue;
+                }
+                Ok("layer") => {
+                    let rate = throughput(ours.clone(), &url, body.clone(), requests).await;
+                    println!("layer alone: {rate:.0} req/s");
+                    continue;
+                }
+                _ => {}
+            }
             let (mut base_rates, mut our_rates, mut ratios) = (vec![], vec![], vec![]);
             for pair in 0..pairs {
                 let run_baseline = || throughput(baseline.clone(), &url, body.clone(), requests);
