@@ -76,6 +76,9 @@ pub(crate) struct OnRefusal {
     pub(crate) classifier: Classifier,
     pub(crate) cache_id: u64,
     pub(crate) generation: u64,
+    /// Retry is on, but this request could not be kept for one (its body declared a size over
+    /// the cap): a refusal counts as a refused replay too.
+    pub(crate) unreplayable: bool,
 }
 
 impl OnRefusal {
@@ -84,7 +87,7 @@ impl OnRefusal {
     fn check<B>(&self, response: &Response<B>) -> bool {
         let refused = self.classifier.is_refusal(response);
         if refused {
-            TokenCache::refused(self.cache_id, self.generation);
+            TokenCache::refused(self.cache_id, self.generation, self.unreplayable);
         }
         refused
     }

@@ -57,6 +57,7 @@ impl<S> Core<S> {
             classifier: self.classifier.clone(),
             cache_id: self.cache.id(),
             generation,
+            unreplayable: false,
         }
     }
 }

@@ -82,6 +82,11 @@ struct Shared<B> {
     head: RequestHead,
     cap: usize,
     empty: bool,
+    /// The caller's body declared its exact size when it was wrapped. A retry reports an exact
+    /// size only then: a client frames the body by its size hint (HTTP/1.1 `content-length`
+    /// or chunked, HTTP/2 `content-length`), and the retry must go out as the first attempt
+    /// did, trailers included (length framing has no room for them).
+    exact_size: bool,
     body: Mutex<BodyState<B>>,
     /// An attempt body exists.
     in_use: AtomicBool,
@@ -139,7 +144,8 @@ impl<B: Body> ReplayBody<B> {
     /// instructions per retryable call in the per-call benchmark).
     pub(crate) fn replayable(parts: &Parts, body: B, cap: usize) -> Result<(Self, Replay<B>), B> {
         let empty = body.is_end_stream();
-        let lower = body.size_hint().lower();
+        let hint = body.size_hint();
+        let lower = hint.lower();
         if !empty && lower > cap as u64 {
             tracing::trace!(lower, cap, "not replayable: the body is over the cap");
             return Err(body);
@@ -151,6 +157,7 @@ impl<B: Body> ReplayBody<B> {
             head,
             cap,
             empty,
+            exact_size: hint.exact().is_some(),
             body: Mutex::new(BodyState {
                 kept: Kept::default(),
                 trailers: None,

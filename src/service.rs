@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::{
     error::{BoxError, Error, TokenError},
-    future::{ResponseFuture, Retry},
+    future::{OnRefusal, ResponseFuture, Retry},
     layer::Core,
     replay::ReplayBody,
     token::cache::{Acquire, Lease, LeaseFuture},
@@ -193,7 +193,10 @@ where
         let (body, replay) = match ReplayBody::replayable(&parts, body, cap) {
             Ok(replayable) => replayable,
             Err(body) => {
-                let refusal = self.core.on_refusal(lease.generation);
+                let refusal = OnRefusal {
+                    unreplayable: true,
+                    ..self.core.on_refusal(lease.generation)
+                };
                 let request = Request::from_parts(parts, ReplayBody::passthrough(body));
                 return ResponseFuture::unretried(self.inner.call(request), refusal);
             }

@@ -192,10 +192,14 @@ impl TokenCache {
     }
 
     /// [`invalidate_generation`](Self::invalidate_generation) on the live cache with this id
-    /// (nothing if it was dropped), and bumps its refusal counter.
-    pub(crate) fn refused(cache_id: u64, generation: u64) {
+    /// (nothing if it was dropped), and bumps its refusal counter; with `unreplayable`, also
+    /// the counter of refusals not retried because the request could not be sent again.
+    pub(crate) fn refused(cache_id: u64, generation: u64, unreplayable: bool) {
         if let Some(shared) = registry::find(cache_id) {
             RefusalCounters::bump(&shared.refusals.refusals);
+            if unreplayable {
+                RefusalCounters::bump(&shared.refusals.refused_replays);
+            }
             TokenCache { shared }.invalidate_generation(generation);
         }
     }
