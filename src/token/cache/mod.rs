@@ -40,15 +40,18 @@ use crate::error::TokenError;
 ///   ([`cached_header`](TokenCache::cached_header)) takes no lock, allocates nothing, awaits
 ///   nothing and writes no memory shared between threads: one atomic load, then a clone of this
 ///   thread's copy of the header value, itself backed by never-freed bytes while a per-process
-///   budget lasts (so the clone bumps no reference count). [`get`](TokenCache::get) is as
-///   lock-free but also reads the clock and clones the [`Token`] (shared reference counts).
+///   budget lasts (so the clone bumps no reference count). It reads no clock: a timer flags
+///   expiry, except when the cache's timers run on a `current_thread` runtime, which runs none
+///   while nobody blocks on it; then each read also compares the clock with the token's usable
+///   time. [`get`](TokenCache::get) is as lock-free but always reads the clock and clones the
+///   [`Token`] (shared reference counts).
 /// - **Single flight.** When no valid token is cached, exactly one fetch runs, on a task of its
 ///   own; every caller awaits that fetch. Dropping a caller, the one that started the fetch
 ///   included, neither cancels it nor starts another.
 /// - **Refresh ahead.** Inside a window before expiry (by default the last 10% of the lifetime,
 ///   at least 60 s, at most half the lifetime, moved earlier by up to half the window of random
-///   jitter) the first caller starts one background refresh; every caller keeps the current
-///   token and nobody waits.
+///   jitter, never before half-way through the lifetime) a background refresh starts; every
+///   caller keeps the current token and nobody waits.
 /// - **Outages.** A failed refresh never evicts a valid token. Consecutive failures back off
 ///   exponentially with jitter (1 s doubling to 30 s). With no valid token at all, callers get the
 ///   last error at once until the next attempt is due, instead of one fetch each.
