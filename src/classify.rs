@@ -72,8 +72,9 @@ impl ClassifyRefusal for DefaultClassifier {
 fn unauthorized_is_refusal(headers: &HeaderMap) -> bool {
     let (mut challenged, mut bearer, mut hopeless) = (false, false, false);
     for value in headers.get_all(WWW_AUTHENTICATE) {
-        let Ok(value) = value.to_str() else { continue };
-        let found = challenges(value);
+        // Lossy: a realm with obs-text must not hide the challenge it belongs to.
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let found = challenges(&value);
         challenged |= found.schemes > 0;
         bearer |= found.bearer;
         for error in found.bearer_errors {
@@ -128,6 +129,10 @@ fn challenges(value: &str) -> Challenges {
     loop {
         parser.skip(|c| c == ',' || c == ' ' || c == '\t');
         let Some(token) = parser.token() else { break };
+        if token.is_empty() {
+            // A stray delimiter (`"`, `=`): neither a scheme nor a parameter.
+            continue;
+        }
         parser.skip(|c| c == ' ' || c == '\t');
         if parser.eat('=') {
             // An auth-param of the current challenge (or token68 padding, which has no name we
@@ -315,8 +320,34 @@ mod tests {
                 ("www-authenticate", r#"Bearer error="invalid_token""#),
             ]
         ));
-        // An empty or unreadable value offers nothing: as if absent.
-        assert!(refusal(401, &[("www-authenticate", "")]));
+        // An empty or malformed value offers no scheme: as if absent.
+        for garbage in ["", "\"", "=", " , ,", "==="] {
+            assert!(
+                refusal(401, &[("www-authenticate", garbage)]),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bearer_challenge_with_obs_text_still_counts() {
+        let mut map = HeaderMap::new();
+        map.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="x""#),
+        );
+        map.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_bytes(b"Bearer realm=\"B\xfccher\"").unwrap(),
+        );
+        assert!(DefaultClassifier.is_refusal(StatusCode::UNAUTHORIZED, &map));
+        let mut map = HeaderMap::new();
+        map.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_bytes(b"Bearer realm=\"\xfc\", error=\"insufficient_scope\"")
+                .unwrap(),
+        );
+        assert!(!DefaultClassifier.is_refusal(StatusCode::UNAUTHORIZED, &map));
     }
 
     #[test]

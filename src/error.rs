@@ -279,6 +279,10 @@ pub enum TokenErrorKind {
     Cancelled,
     /// There is no Tokio runtime to run the fetch on.
     NoRuntime,
+    /// The token ran out while the service sat ready between `poll_ready` and `call`, and its
+    /// refresh had not finished: the request was not sent with a token known to be dead. The
+    /// next `poll_ready` waits for the refresh.
+    Expired,
 }
 
 impl TokenError {
@@ -331,6 +335,9 @@ impl fmt::Display for TokenError {
                 "the token fetch was cancelled before it finished (did its Tokio runtime shut down?)",
             ),
             TokenErrorKind::NoRuntime => f.write_str("no Tokio runtime is running to fetch it on"),
+            TokenErrorKind::Expired => f.write_str(
+                "the token ran out after `poll_ready` and its refresh has not finished",
+            ),
         }
     }
 }

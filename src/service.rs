@@ -9,10 +9,11 @@ use std::{
 
 use http::{Request, Response, header::AUTHORIZATION};
 use http_body::Body;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::{
-    error::{BoxError, Error, TokenError},
+    error::{BoxError, Error, TokenError, TokenErrorKind},
     future::{OnRefusal, ResponseFuture, Retry},
     layer::Core,
     replay::ReplayBody,
@@ -141,9 +142,9 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // The token first: the inner service is not asked for capacity until we can use it.
         match self.phase {
-            Phase::Ready => {}
-            // `Leased`: the inner service was not ready, maybe for a long time.
-            Phase::Idle | Phase::Leased if self.holds_usable_lease() => {}
+            // `Leased` or `Ready`: the inner service, or the caller (a balancer polls its ready
+            // services again before it calls one), may have kept us waiting for a long time.
+            Phase::Idle | Phase::Leased | Phase::Ready if self.holds_usable_lease() => {}
             _ => match self.poll_token(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(false) => return Poll::Ready(Ok(())),
@@ -172,11 +173,13 @@ where
             return self.call_unready();
         }
         self.phase = Phase::Idle;
-        // The inner service may have kept us waiting since the token was leased (or the caller
-        // since `poll_ready`, as `Buffer`'s worker does): use the cache's current token if this
-        // one is no longer it.
-        if !self.holds_current_lease() {
-            self.renew_lease();
+        // The caller may have kept us waiting since `poll_ready` (a `Buffer`'s worker, a
+        // balancer's ready set): use the cache's token if this one is no longer usable, and
+        // never send one known to be dead.
+        if !self.holds_usable_lease() {
+            if let Err(err) = self.renew_lease() {
+                return ResponseFuture::failed(Error::Token(err));
+            }
         }
         let lease = self.lease.as_ref().expect("Ready means a lease is held");
         request
@@ -212,15 +215,6 @@ where
 }
 
 impl<S> BesenderAuth<S> {
-    /// Whether the token this service used last is still the one the cache serves, by the
-    /// cache's state word alone: for `call`, right after `poll_ready` checked it fully.
-    #[inline]
-    fn holds_current_lease(&self) -> bool {
-        self.lease
-            .as_ref()
-            .is_some_and(|lease| self.core.cache.is_current(lease))
-    }
-
     /// Whether the token this service used last may be used for the next request: still the
     /// cache's, and not run out while no timer could say so (see `TokenCache::is_usable`).
     #[inline]
@@ -269,13 +263,25 @@ impl<S> BesenderAuth<S> {
         }
     }
 
-    /// The cache moved on since `poll_ready`: lease its current token, or keep the held one
-    /// if it has none at hand (a refusal then gets a fresh one).
+    /// The held token is no longer usable since `poll_ready`: take the cache's (starting the
+    /// refresh that is due, without waiting). If the cache has none at hand (a fetch runs, or
+    /// failed), keep the held token while its time is not up (a refusal then gets a fresh one);
+    /// past it, fail the call rather than send a token known to be dead.
     #[cold]
-    fn renew_lease(&mut self) {
-        if let Some(fresh) = self.core.cache.try_lease() {
-            self.lease = Some(fresh);
-        }
+    fn renew_lease(&mut self) -> Result<(), TokenError> {
+        let err = match self.core.cache.acquire() {
+            Acquire::Ready(fresh) => {
+                self.lease = Some(fresh);
+                return Ok(());
+            }
+            Acquire::Failed(err) => err,
+            Acquire::Pending(_) => TokenError::new(TokenErrorKind::Expired),
+        };
+        let usable = self
+            .lease
+            .as_ref()
+            .is_some_and(|lease| Instant::now() < lease.usable_until);
+        if usable { Ok(()) } else { Err(err) }
     }
 
     /// `call` without a successful `poll_ready`: the token error it reported, or a Tower

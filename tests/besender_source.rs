@@ -330,6 +330,7 @@ async fn unusable_expires_in_values_are_refused_without_overflow() {
         "\"soon\"",
         "\"0\"",
         "\"-5\"",
+        "\"+60\"",
         "\"1.5\"",
         "\"\"",
         "\"99999999999999999999999\"",

@@ -1,11 +1,13 @@
-//! A runtime that is not driven runs no timer, so the cache's alarms cannot flag an expiry on
-//! it (a `current_thread` runtime idle between `block_on` calls, the shape of a synchronous
-//! wrapper). The layer must still never stamp a token past its usable time: a refusal could
-//! repair it only for requests whose body can be replayed.
+//! The layer never stamps a token past its usable time: not after a runtime that is not driven
+//! (a `current_thread` runtime idle between `block_on` calls, the shape of a synchronous
+//! wrapper) could run none of the cache's timers, nor when a service reported ready and was
+//! called (or polled again, as a balancer does) long after. A refusal could repair that only for
+//! requests whose body can be replayed. And a refresh that falls due while the timers cannot
+//! run still starts ahead of expiry.
 
 use std::{
     convert::Infallible,
-    future::ready,
+    future::{poll_fn, ready},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -18,7 +20,7 @@ use bytes::Bytes;
 use http::{Request, Response, header::AUTHORIZATION};
 use http_body_util::Empty;
 use tokio::runtime::Runtime;
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 const LIFETIME: Duration = Duration::from_secs(60);
 
@@ -94,4 +96,134 @@ fn the_cached_header_is_not_served_after_it_ran_out_while_its_alarm_could_not_ru
         tokio::time::advance(LIFETIME).await;
         assert!(layer.cache().cached_header().is_none());
     });
+}
+
+type Stamped = Arc<Mutex<Vec<Option<String>>>>;
+
+/// A layer whose source counts its fetches and names each token `token-<n>`, over an inner
+/// service that records the `Authorization` it was sent.
+#[allow(clippy::type_complexity)]
+fn stamping_service() -> (
+    impl Service<Request<Empty<Bytes>>, Response = Response<()>, Error = besender_auth::Error> + Clone,
+    Stamped,
+    Arc<AtomicU64>,
+) {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&fetches);
+    let layer = BesenderAuthLayer::new(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { Ok::<_, Infallible>(Token::bearer(format!("token-{n}"), LIFETIME)) }
+    });
+    let stamped: Stamped = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&stamped);
+    let inner = service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
+        let header = request.headers().get(AUTHORIZATION).cloned();
+        seen.lock()
+            .unwrap()
+            .push(header.map(|h| h.to_str().unwrap().to_owned()));
+        ready(Ok::<_, Infallible>(Response::new(())))
+    });
+    (layer.layer(inner), stamped, fetches)
+}
+
+fn get() -> Request<Empty<Bytes>> {
+    Request::get("http://api.example/")
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// Tower lets a caller call a service any time after it reported ready, and a balancer polls
+/// the services of its ready set again before it calls one: neither may stamp the token that ran
+/// out meanwhile (on a driven runtime, whose alarm did flag the expiry).
+#[test]
+fn a_service_called_long_after_it_reported_ready_stamps_a_fresh_token() {
+    let (mut service, stamped, _) = stamping_service();
+    paused_current_thread().block_on(async {
+        service.ready().await.unwrap();
+        tokio::time::advance(LIFETIME + Duration::from_secs(1)).await;
+        poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+        service.call(get()).await.unwrap();
+    });
+    assert_eq!(
+        *stamped.lock().unwrap(),
+        [Some("Bearer token-2".to_owned())]
+    );
+}
+
+/// The same with the alarm on a runtime that is never driven again.
+#[test]
+fn a_service_readied_on_an_idle_runtime_and_called_later_stamps_a_fresh_token() {
+    let (mut service, stamped, _) = stamping_service();
+    let first = paused_current_thread();
+    first.block_on(service.ready()).unwrap();
+    paused_current_thread().block_on(async {
+        tokio::time::advance(LIFETIME + Duration::from_secs(1)).await;
+        poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+        service.call(get()).await.unwrap();
+    });
+    assert_eq!(
+        *stamped.lock().unwrap(),
+        [Some("Bearer token-2".to_owned())]
+    );
+}
+
+/// A 60 s token is usable until 50 s and refreshed from 30 s (half-way). Its alarm sits on a
+/// runtime that is never driven again; a request at 40 s from another runtime starts the
+/// refresh ahead of expiry, as the alarm would have, and is sent with the current token.
+#[test]
+fn a_refresh_due_while_the_alarm_cannot_run_still_starts_ahead_of_expiry() {
+    let (service, stamped, fetches) = stamping_service();
+    let first = paused_current_thread();
+    first.block_on(service.clone().oneshot(get())).unwrap();
+    let second = paused_current_thread();
+    second.block_on(async {
+        tokio::time::advance(Duration::from_secs(40)).await;
+        service.clone().oneshot(get()).await.unwrap();
+        // Let the background refresh finish.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    });
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "no refresh started");
+    assert_eq!(
+        *stamped.lock().unwrap(),
+        [
+            Some("Bearer token-1".to_owned()),
+            Some("Bearer token-1".to_owned())
+        ],
+        "the current token serves while its refresh runs"
+    );
+}
+
+/// Called long after it reported ready, with the token run out and no fresh one to be had (the
+/// source now fails): the call fails with the token error, and the dead token is never sent.
+#[test]
+fn a_late_call_with_no_fresh_token_fails_instead_of_sending_the_dead_one() {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&fetches);
+    let layer = BesenderAuthLayer::new(move || {
+        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                Ok(Token::bearer("token-1", LIFETIME))
+            } else {
+                Err(std::io::Error::other("token endpoint down"))
+            }
+        }
+    });
+    let sent = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&sent);
+    let inner = service_fn(move |_: Request<ReplayBody<Empty<Bytes>>>| {
+        count.fetch_add(1, Ordering::SeqCst);
+        ready(Ok::<_, Infallible>(Response::new(())))
+    });
+    let mut service = layer.layer(inner);
+    let result = paused_current_thread().block_on(async {
+        service.ready().await.unwrap();
+        tokio::time::advance(LIFETIME + Duration::from_secs(1)).await;
+        service.call(get()).await
+    });
+    assert!(
+        matches!(result, Err(besender_auth::Error::Token(_))),
+        "{result:?}"
+    );
+    assert_eq!(sent.load(Ordering::SeqCst), 0, "the dead token was sent");
 }

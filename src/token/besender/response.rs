@@ -124,10 +124,13 @@ fn expires_in(value: Option<&Value>) -> Result<Duration, ParseError> {
             }
         },
         // A numeric string, as `code` may be (backends that stringify every number).
-        Some(Value::String(text)) => match text.trim().parse::<u64>() {
-            Ok(seconds) => seconds,
-            Err(_) => return Err(invalid(FIELD, "expected an integer number of seconds")),
-        },
+        Some(Value::String(text)) => {
+            let digits = text.trim();
+            match digits.parse::<u64>() {
+                Ok(seconds) if digits.bytes().all(|b| b.is_ascii_digit()) => seconds,
+                _ => return Err(invalid(FIELD, "expected an integer number of seconds")),
+            }
+        }
         Some(_) => return Err(invalid(FIELD, "expected an integer number of seconds")),
     };
     if seconds == 0 {

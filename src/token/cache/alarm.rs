@@ -25,13 +25,16 @@ impl Shared {
     /// Ensures a live alarm fires at `at`. Returns whether its runtime drives its timers on its
     /// own (see [`Alarm::driven`]), or `None` if there is no runtime to run it on.
     pub(super) fn arm(self: &Arc<Self>, control: &mut Control, at: Instant) -> Option<bool> {
-        let live = |alarm: &Alarm| self.fired.load(Ordering::SeqCst) != alarm.seq;
+        // `fired` only grows (`fetch_max`): an alarm is live until one as new or newer fired.
+        let live = |alarm: &Alarm| self.fired.load(Ordering::SeqCst) < alarm.seq;
         if let Some(alarm) = control.alarm.as_ref().filter(|a| a.at == at && live(a)) {
             return Some(alarm.driven);
         }
         let runtime = Handle::try_current().ok()?;
-        // Any flavor but `current_thread` runs worker threads that drive the timers.
-        let driven = runtime.runtime_flavor() != RuntimeFlavor::CurrentThread;
+        // A multi-thread runtime's workers drive its timers; any other flavor (`current_thread`,
+        // or one added later) is treated as one that may not be driven: its readers look at the
+        // clock.
+        let driven = matches!(runtime.runtime_flavor(), RuntimeFlavor::MultiThread);
         if let Some(old) = control.alarm.take() {
             old.handle.abort();
         }
@@ -73,7 +76,10 @@ impl Drop for AlarmGuard {
             return;
         };
         if shared.armed.load(Ordering::SeqCst) == self.seq {
-            shared.fired.store(self.seq, Ordering::SeqCst);
+            // `fetch_max`, not a store: a guard preempted between the check above and here must
+            // not take `fired` back below a newer alarm that fired meanwhile (which would make
+            // that dead alarm look live).
+            shared.fired.fetch_max(self.seq, Ordering::SeqCst);
             shared.state.fetch_or(CHECK, Ordering::SeqCst);
         }
     }

@@ -65,20 +65,13 @@ fn valid(shared: &Shared) -> Option<Valid> {
     })
 }
 
-/// Whether the hot path serves `generation` now, by the state word alone: one atomic load.
-/// Under `CLOCK`, the token may still have run out; see [`is_usable`].
-#[inline]
-pub(super) fn is_current(shared: &Shared, generation: u64) -> bool {
-    valid(shared).is_some_and(|valid| valid.generation == generation)
-}
-
-/// Whether the hot path would serve `lease` now: [`is_current`], and under `CLOCK` a look at
+/// Whether the hot path would serve `lease` now: one atomic load, and under `CLOCK` a look at
 /// the clock.
 #[inline]
 pub(super) fn is_usable(shared: &Shared, lease: &Lease) -> bool {
     match valid(shared) {
         Some(valid) if valid.generation == lease.generation => {
-            !valid.clock || Instant::now() < lease.usable_until
+            !valid.clock || shared.before_clock_due(Instant::now())
         }
         _ => false,
     }
@@ -112,7 +105,7 @@ pub(super) fn lease(shared: &Arc<Shared>) -> Option<Lease> {
         // First read of this token on this thread.
         None => lease_entry(shared, &shared.current_entry(generation)?),
     };
-    (!valid.clock || Instant::now() < lease.usable_until).then_some(lease)
+    (!valid.clock || shared.before_clock_due(Instant::now())).then_some(lease)
 }
 
 /// The valid token itself, for [`TokenCache::get`](super::TokenCache::get). Unlike the layer's

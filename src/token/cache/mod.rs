@@ -157,15 +157,9 @@ impl TokenCache {
         local::lease(&self.shared)
     }
 
-    /// Whether `lease` is still the token the hot path serves, by the state word alone: one
-    /// atomic load. For a lease taken moments ago (in the same `poll_ready`/`call` pair).
-    #[inline]
-    pub(crate) fn is_current(&self, lease: &Lease) -> bool {
-        local::is_current(&self.shared, lease.generation)
-    }
-
-    /// Whether `lease` may be used now: [`is_current`](Self::is_current), and, when the cache's
-    /// alarm runs on a runtime that may not be driven (`current_thread`), a look at the clock.
+    /// Whether `lease` is still the token the hot path serves: one atomic load, and, when the
+    /// cache's alarm runs on a runtime that may not be driven (`current_thread`), a look at the
+    /// clock.
     #[inline]
     pub(crate) fn is_usable(&self, lease: &Lease) -> bool {
         local::is_usable(&self.shared, lease)

@@ -4,7 +4,8 @@
 //! - `Control` (behind a `std::sync::Mutex`, never held across an `.await`) is the truth: the
 //!   token served (`entry`), the running fetch (`flight`, at most one), the failure streak and
 //!   the alarm. Every transition happens under the lock.
-//! - `state` is the hot path's view of `Control`: `generation << 1`, plus the `CHECK` bit.
+//! - `state` is the hot path's view of `Control`: `generation << GENERATION_SHIFT`, plus the
+//!   `CHECK` and `CLOCK` bits.
 //!   Without `CHECK`, the entry with that generation is valid and needs nothing, and any caller
 //!   may use it without the lock. `CHECK` means "take the lock and look at the clock".
 //! - `state` is cleared of `CHECK` only under the lock, and only when an alarm is armed for the
@@ -15,8 +16,9 @@
 //!   if its alarm is already gone (both sides `SeqCst`), so a "valid" never outlives its alarm.
 //!   The alarm runs on the runtime's timer, and a runtime that is not driven (a `current_thread`
 //!   runtime idle between `block_on` calls) runs no timer: an alarm armed on such a runtime
-//!   also sets `CLOCK`, and every read of a `CLOCK` state compares the clock with the entry's
-//!   `usable_until` itself. A multi-thread runtime's workers drive its timers whenever they
+//!   also sets `CLOCK` and publishes the instant it is due (`clock_due`, written before the
+//!   state), and every read of a `CLOCK` state compares the clock with that instant itself,
+//!   taking the slow path past it, as the alarm would have made it. A multi-thread runtime's workers drive its timers whenever they
 //!   park, so an alarm there is late by at most a task's poll, far less than the expiry margin:
 //!   its reads trust the state word alone, and read no clock.
 //! - A fetch runs on a task of its own and owns its `watch` sender. Once running, it always ends
@@ -126,6 +128,11 @@ pub(crate) struct Shared {
     pub(super) armed: AtomicU64,
     /// The sequence number of the last current alarm that fired or died.
     pub(super) fired: AtomicU64,
+    /// Under `CLOCK`: the instant the armed alarm is due (refresh, retry or expiry), as
+    /// nanoseconds since `base`. Readers of a `CLOCK` state past it take the slow path, which
+    /// starts the refresh that is due, as the alarm would have.
+    clock_due: AtomicU64,
+    base: Instant,
     control: Mutex<Control>,
     pub(super) source: Box<dyn DynSource>,
     pub(super) config: Config,
@@ -162,6 +169,8 @@ impl Shared {
             state: AtomicU64::new(CHECK),
             armed: AtomicU64::new(0),
             fired: AtomicU64::new(0),
+            clock_due: AtomicU64::new(0),
+            base: Instant::now(),
             control: Mutex::new(Control {
                 entry: None,
                 generation: 0,
@@ -337,17 +346,25 @@ impl Shared {
             .mul_f64(config.refresh_fraction)
             .max(config.min_refresh_window)
             .min(lifetime / 2);
-        let jitter = window.mul_f64(config.refresh_jitter * control.random_unit());
+        let spread = config.refresh_jitter * control.random_unit();
+        let jitter = window.mul_f64(spread);
         // Margin, window and jitter add up to more than half of a short lifetime (a 20 s token:
         // 5 + 10 + up to 5 s): the refresh never starts before half-way, as documented, so a
         // short-lived token is not fetched again right after it arrived. The margin is at most a
-        // quarter of the lifetime, so half-way is still before `usable_until`.
+        // quarter of the lifetime, so half-way is still before `usable_until`. There the jitter
+        // moves the refresh later instead, within the first half of what is left, so that a
+        // fleet that fetched together does not refresh in lockstep.
         let half_way = now + lifetime / 2;
-        let refresh_at = usable_until
-            .checked_sub(window + jitter)
-            .unwrap_or(now)
-            .max(half_way)
-            .min(usable_until);
+        let refresh_at = match usable_until.checked_sub(window + jitter) {
+            Some(at) if at >= half_way => at,
+            _ => {
+                half_way
+                    + usable_until
+                        .saturating_duration_since(half_way)
+                        .mul_f64(spread / 2.0)
+            }
+        }
+        .min(usable_until);
         let header = token
             .header_value()
             .expect("fetch() checked the header before the token reached the cache");
@@ -401,16 +418,33 @@ impl Shared {
             self.publish_check(control);
             return;
         };
-        let clock = if driven { 0 } else { CLOCK };
+        let clock = if driven {
+            0
+        } else {
+            // Before the state that tells readers to look at it (its `SeqCst` store releases it).
+            self.clock_due
+                .store(self.nanos_since_base(next), Ordering::Relaxed);
+            CLOCK
+        };
         self.state.store(
             entry.generation << GENERATION_SHIFT | clock,
             Ordering::SeqCst,
         );
         // If the alarm already fired or died, its `CHECK` came before this store: set it again.
         let seq = control.alarm.as_ref().map(|alarm| alarm.seq);
-        if seq.is_some_and(|seq| self.fired.load(Ordering::SeqCst) == seq) {
+        if seq.is_some_and(|seq| self.fired.load(Ordering::SeqCst) >= seq) {
             self.state.fetch_or(CHECK, Ordering::SeqCst);
         }
+    }
+
+    /// Whether `now` is before the instant the armed alarm is due; read under `CLOCK` only.
+    #[inline]
+    pub(super) fn before_clock_due(&self, now: Instant) -> bool {
+        self.nanos_since_base(now) < self.clock_due.load(Ordering::Relaxed)
+    }
+
+    fn nanos_since_base(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub(super) fn publish_check(&self, control: &Control) {
