@@ -137,26 +137,28 @@ fn get() -> Request<Empty<Bytes>> {
 /// out meanwhile (on a driven runtime, whose alarm did flag the expiry).
 #[test]
 fn a_service_called_long_after_it_reported_ready_stamps_a_fresh_token() {
-    let (mut service, stamped, _) = stamping_service();
-    paused_current_thread().block_on(async {
-        service.ready().await.unwrap();
-        tokio::time::advance(LIFETIME + Duration::from_secs(1)).await;
-        poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
-        service.call(get()).await.unwrap();
-    });
-    assert_eq!(
-        *stamped.lock().unwrap(),
-        [Some("Bearer token-2".to_owned())]
-    );
+    readied_then_called_past_the_lifetime(false);
 }
 
 /// The same with the alarm on a runtime that is never driven again.
 #[test]
 fn a_service_readied_on_an_idle_runtime_and_called_later_stamps_a_fresh_token() {
+    readied_then_called_past_the_lifetime(true);
+}
+
+/// Readies the service (on a runtime of its own that is never driven again, with
+/// `idle_runtime`), then, past the token's lifetime, polls it again and calls it: the call
+/// carries the fresh token.
+fn readied_then_called_past_the_lifetime(idle_runtime: bool) {
     let (mut service, stamped, _) = stamping_service();
-    let first = paused_current_thread();
-    first.block_on(service.ready()).unwrap();
-    paused_current_thread().block_on(async {
+    let first = idle_runtime.then(paused_current_thread);
+    let runtime = paused_current_thread();
+    first
+        .as_ref()
+        .unwrap_or(&runtime)
+        .block_on(service.ready())
+        .unwrap();
+    runtime.block_on(async {
         tokio::time::advance(LIFETIME + Duration::from_secs(1)).await;
         poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
         service.call(get()).await.unwrap();
