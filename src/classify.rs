@@ -142,7 +142,7 @@ fn challenges(value: &str) -> Challenges {
             if in_bearer && token.eq_ignore_ascii_case("error") {
                 found.bearer_errors.push(value);
             }
-        } else {
+        } else if token.bytes().all(is_tchar) {
             // A scheme name (or an unpadded token68, counted as another scheme: harmless, as
             // only `Bearer` is looked for).
             in_bearer = token.eq_ignore_ascii_case("bearer");
@@ -151,6 +151,11 @@ fn challenges(value: &str) -> Challenges {
         }
     }
     found
+}
+
+/// RFC 9110 `tchar`: what a scheme name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The `error` parameters of the `Bearer` challenges in one `WWW-Authenticate` value.
@@ -321,7 +326,7 @@ mod tests {
             ]
         ));
         // An empty or malformed value offers no scheme: as if absent.
-        for garbage in ["", "\"", "=", " , ,", "==="] {
+        for garbage in ["", "\"", "=", " , ,", "===", ";", "(", "@", "/", "{}", ":"] {
             assert!(
                 refusal(401, &[("www-authenticate", garbage)]),
                 "{garbage:?}"

@@ -25,7 +25,8 @@ use crate::{
 ///
 /// - `poll_ready` first makes sure a token is at hand (waiting for a fetch if none is cached),
 ///   and only then polls the inner service, so no inner capacity (a `Buffer` slot, a concurrency
-///   permit) is held while a token is fetched. If no token can be had, it reports ready anyway
+///   permit) is held while a token is fetched (unless the token ran out after the inner service
+///   had already said it was ready: then its capacity stays held while the fresh token comes). If no token can be had, it reports ready anyway
 ///   and the next `call` fails with [`Error::Token`](crate::Error::Token) without reaching the
 ///   inner service: to Tower, an error from `poll_ready` would mean the service is dead.
 /// - `call` sets `Authorization: Bearer <token>`, marked sensitive, replacing any value the
@@ -269,13 +270,13 @@ impl<S> BesenderAuth<S> {
     /// past it, fail the call rather than send a token known to be dead.
     #[cold]
     fn renew_lease(&mut self) -> Result<(), TokenError> {
-        let err = match self.core.cache.acquire() {
-            Acquire::Ready(fresh) => {
+        let err = match self.core.cache.acquire_now() {
+            Some(Ok(fresh)) => {
                 self.lease = Some(fresh);
                 return Ok(());
             }
-            Acquire::Failed(err) => err,
-            Acquire::Pending(_) => TokenError::new(TokenErrorKind::Expired),
+            Some(Err(err)) => err,
+            None => TokenError::new(TokenErrorKind::Expired),
         };
         let usable = self
             .lease

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use besender_auth::{BesenderAuthLayer, ReplayBody, Token};
+use besender_auth::{BesenderAuthLayer, ReplayBody, Token, TokenCache};
 use bytes::Bytes;
 use http::{Request, Response, header::AUTHORIZATION};
 use http_body_util::Empty;
@@ -228,4 +228,118 @@ fn a_late_call_with_no_fresh_token_fails_instead_of_sending_the_dead_one() {
         "{result:?}"
     );
     assert_eq!(sent.load(Ordering::SeqCst), 0, "the dead token was sent");
+}
+
+fn counting_cache() -> (TokenCache, Arc<AtomicU64>) {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&fetches);
+    let cache = TokenCache::new(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { Ok::<_, Infallible>(Token::bearer(format!("token-{n}"), LIFETIME)) }
+    });
+    (cache, fetches)
+}
+
+/// A 60 s token: usable until 50 s, refresh due at 30 s. Its alarm is on `first`, which is never
+/// driven again (CLOCK). At 40 s the token is valid, and `cached_header()` serves it (a version
+/// stopped serving it at the due instant, with nothing on its path to start the refresh).
+#[test]
+fn the_cached_header_is_served_past_its_refresh_time_while_its_alarm_cannot_run() {
+    let (cache, fetches) = counting_cache();
+    let first = paused_current_thread();
+    first.block_on(cache.get()).unwrap();
+    let second = paused_current_thread();
+    second.block_on(async {
+        tokio::time::advance(Duration::from_secs(40)).await;
+        let token = cache.get().await.unwrap();
+        assert!(token.same_token(&cache.get().await.unwrap()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            cache.cached_header().is_some(),
+            "a valid token is cached (get() just returned it), but cached_header() is None \
+             (fetches = {})",
+            fetches.load(Ordering::SeqCst)
+        );
+    });
+}
+
+/// Through `TokenCache::get`: under CLOCK, `get()` at 40 s starts the refresh that was due at
+/// 30 s (without it, at 50 s every caller would wait for a blocking fetch).
+#[test]
+fn get_starts_the_refresh_ahead_while_the_alarm_cannot_run() {
+    let (cache, fetches) = counting_cache();
+    let first = paused_current_thread();
+    first.block_on(cache.get()).unwrap();
+    let second = paused_current_thread();
+    second.block_on(async {
+        tokio::time::advance(Duration::from_secs(40)).await;
+        cache.get().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    });
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        2,
+        "get() at 40 s did not start the refresh that was due at 30 s"
+    );
+}
+
+/// The same steps on one driven runtime.
+#[test]
+fn get_starts_the_refresh_ahead_on_a_driven_runtime() {
+    let (cache, fetches) = counting_cache();
+    paused_current_thread().block_on(async {
+        cache.get().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        cache.get().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    });
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+}
+
+/// A service that reported ready holds token-1; another request's refusal then invalidates it
+/// and a forced refresh runs (slow). The late `call` keeps token-1 (inside its usable time: a
+/// refusal then gets a fresh one) and counts no coalesced wait, since it waits for nothing.
+#[test]
+fn a_late_call_counts_no_wait_it_did_not_make() {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&fetches);
+    let layer = BesenderAuthLayer::new(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n > 1 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Ok::<_, Infallible>(Token::bearer(format!("token-{n}"), LIFETIME))
+        }
+    });
+    let stamped = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&stamped);
+    let inner = service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
+        let header = request.headers().get(AUTHORIZATION).cloned();
+        seen.lock()
+            .unwrap()
+            .push(header.map(|h| h.to_str().unwrap().to_owned()));
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    });
+    let cache = layer.cache().clone();
+    let mut service = layer.layer(inner);
+    paused_current_thread().block_on(async {
+        service.ready().await.unwrap();
+        let token = cache.get().await.unwrap();
+        assert!(cache.invalidate(&token));
+        let before = cache.stats().coalesced_waits;
+        let request = Request::get("http://api.example/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let _ = service.call(request).await;
+        assert_eq!(
+            *stamped.lock().unwrap(),
+            [Some("Bearer token-1".to_owned())]
+        );
+        assert_eq!(
+            cache.stats().coalesced_waits,
+            before,
+            "a dropped waiter counted as a coalesced wait"
+        );
+    });
 }

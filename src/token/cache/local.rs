@@ -8,7 +8,8 @@
 //! this thread touches. No lock, no allocation, no await.
 //!
 //! A slot is trusted only while the shared state names its generation without the `CHECK` bit,
-//! and, if the state has the `CLOCK` bit, only until its entry's usable time; see the invariants
+//! and, if the state has the `CLOCK` bit, only until the instant its alarm is due (and never past
+//! its entry's usable time); see the invariants
 //! in `state.rs`.
 
 use std::{
@@ -52,7 +53,7 @@ thread_local! {
 #[derive(Clone, Copy)]
 struct Valid {
     generation: u64,
-    /// Valid only while the clock is before the entry's usable time (see `CLOCK`).
+    /// Valid only while the clock is before the instant the alarm is due (see `CLOCK`).
     clock: bool,
 }
 
@@ -71,7 +72,10 @@ fn valid(shared: &Shared) -> Option<Valid> {
 pub(super) fn is_usable(shared: &Shared, lease: &Lease) -> bool {
     match valid(shared) {
         Some(valid) if valid.generation == lease.generation => {
-            !valid.clock || shared.before_clock_due(Instant::now())
+            !valid.clock || {
+                let now = Instant::now();
+                now < lease.usable_until && shared.before_clock_due(now)
+            }
         }
         _ => false,
     }
@@ -105,19 +109,26 @@ pub(super) fn lease(shared: &Arc<Shared>) -> Option<Lease> {
         // First read of this token on this thread.
         None => lease_entry(shared, &shared.current_entry(generation)?),
     };
-    (!valid.clock || shared.before_clock_due(Instant::now())).then_some(lease)
+    (!valid.clock || {
+        let now = Instant::now();
+        now < lease.usable_until && shared.before_clock_due(now)
+    })
+    .then_some(lease)
 }
 
 /// The valid token itself, for [`TokenCache::get`](super::TokenCache::get). Unlike the layer's
 /// read, it also checks the clock: the alarm that would have flagged an expiry may not have run
 /// yet (a runtime idle between `block_on` calls), and `get` promises a valid token.
 pub(super) fn cached_token(shared: &Arc<Shared>) -> Option<Token> {
-    let generation = valid(shared)?.generation;
+    let valid = valid(shared)?;
+    let generation = valid.generation;
     let (entry, copied) = match with_slot(shared, generation, |slot| Arc::clone(&slot.entry)) {
         Some(entry) => (entry, true),
         None => (shared.current_entry(generation)?, false),
     };
-    if !entry.usable_at(Instant::now()) {
+    let now = Instant::now();
+    // Under CLOCK, past the due instant: the slow path, which starts the refresh that is due.
+    if !entry.usable_at(now) || (valid.clock && !shared.before_clock_due(now)) {
         return None;
     }
     if !copied {

@@ -138,12 +138,20 @@ impl TokenCache {
     }
 
     /// The `Authorization` header value (`Bearer <token>`, sensitive) of the cached token, if a
-    /// valid one is cached; never waits or fetches.
+    /// valid one is cached; never waits, and never fetches a token that is not there (it may
+    /// start the refresh of the cached one that is due).
     ///
     /// This is the read the layer makes for every request: no lock, no allocation, and no
     /// reference count shared between threads (each thread clones its own copy).
     pub fn cached_header(&self) -> Option<HeaderValue> {
-        self.try_lease().map(|lease| lease.header)
+        if let Some(lease) = self.try_lease() {
+            return Some(lease.header);
+        }
+        // The state word says "look" (a refresh is due, or, under `CLOCK`, the instant its alarm
+        // stood for has passed): the token may still be valid. The slow path serves it, and
+        // starts the refresh that is due, without waiting.
+        let entry = self.shared.usable_entry()?;
+        Some(local::lease_entry(&self.shared, &entry).header)
     }
 
     /// Counters of what the cache has done so far.
@@ -180,6 +188,19 @@ impl TokenCache {
                     Ok(local::lease_entry(&shared, &entry))
                 }))
             }
+        }
+    }
+
+    /// [`acquire`](Self::acquire) for a caller that cannot wait: `None` while a fetch runs
+    /// (which this call may have started).
+    pub(crate) fn acquire_now(&self) -> Option<Result<Lease, TokenError>> {
+        if let Some(lease) = self.try_lease() {
+            return Some(Ok(lease));
+        }
+        match self.shared.lookup_with(false) {
+            Lookup::Ready(entry) => Some(Ok(local::lease_entry(&self.shared, &entry))),
+            Lookup::Failed(err) => Some(Err(err)),
+            Lookup::Wait(_) => None,
         }
     }
 

@@ -212,8 +212,33 @@ impl Shared {
             .cloned()
     }
 
+    /// The slow path for a caller that neither waits nor fetches a missing token: the cached
+    /// entry if it is usable now, after [`lookup`](Self::lookup) has started the refresh that is
+    /// due (and republished the state).
+    pub(crate) fn usable_entry(self: &Arc<Self>) -> Option<Arc<Entry>> {
+        let usable = self
+            .lock()
+            .entry
+            .as_ref()
+            .is_some_and(|entry| entry.usable_at(Instant::now()));
+        if !usable {
+            return None;
+        }
+        match self.lookup_with(false) {
+            Lookup::Ready(entry) => Some(entry),
+            // It ran out in between: no fetch is waited for here.
+            Lookup::Wait(_) | Lookup::Failed(_) => None,
+        }
+    }
+
     /// The slow path: decide, by the clock, what a caller gets.
     pub(crate) fn lookup(self: &Arc<Self>) -> Lookup {
+        self.lookup_with(true)
+    }
+
+    /// [`lookup`](Self::lookup); with `will_wait` false, a `Wait` is not counted as a coalesced
+    /// wait (the caller drops it).
+    pub(crate) fn lookup_with(self: &Arc<Self>, will_wait: bool) -> Lookup {
         let mut control = self.lock();
         let now = Instant::now();
         control.reap_dead_flight(now);
@@ -237,7 +262,9 @@ impl Shared {
         self.publish_check(&control);
         if let Some(flight) = &control.flight {
             let waiter = flight.waiter(self.config.fetch_timeout);
-            control.stats.coalesced_waits += 1;
+            if will_wait {
+                control.stats.coalesced_waits += 1;
+            }
             return Lookup::Wait(waiter);
         }
         if let (Some(err), Some(at)) = (&control.last_error, control.retry_at) {
