@@ -144,8 +144,8 @@ impl TokenCache {
     /// This is the read the layer makes for every request: no lock, no allocation, and no
     /// reference count shared between threads (each thread clones its own copy).
     pub fn cached_header(&self) -> Option<HeaderValue> {
-        if let Some(lease) = self.try_lease() {
-            return Some(lease.header);
+        if let Some(header) = local::header(&self.shared) {
+            return Some(header);
         }
         // The state word says "look" (a refresh is due, or, under `CLOCK`, the instant its alarm
         // stood for has passed): the token may still be valid. The slow path serves it, and
