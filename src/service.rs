@@ -26,9 +26,10 @@ use crate::{
 /// - `poll_ready` first makes sure a token is at hand (waiting for a fetch if none is cached),
 ///   and only then polls the inner service, so no inner capacity (a `Buffer` slot, a concurrency
 ///   permit) is held while a token is fetched (unless the token ran out after the inner service
-///   had already said it was ready: then its capacity stays held while the fresh token comes). If no token can be had, it reports ready anyway
-///   and the next `call` fails with [`Error::Token`](crate::Error::Token) without reaching the
-///   inner service: to Tower, an error from `poll_ready` would mean the service is dead.
+///   had already said it was ready: then its capacity stays held while the fresh token comes).
+///   If no token can be had, it reports ready anyway and the next `call` fails with
+///   [`Error::Token`](crate::Error::Token) without reaching the inner service: to Tower, an
+///   error from `poll_ready` would mean the service is dead.
 /// - `call` sets `Authorization: Bearer <token>`, marked sensitive, replacing any value the
 ///   caller set, and sends the request.
 /// - A refusal (see [`classify`](crate::classify)) invalidates exactly the refused token, gets a

@@ -94,9 +94,8 @@ fn with_slot<R>(shared: &Shared, generation: u64, f: impl FnOnce(&Slot) -> R) ->
 }
 
 /// This thread's copy of the valid token's header value, if there is a valid token: [`lease`]
-/// without the rest of the lease, for [`TokenCache::cached_header`](super::TokenCache::cached_header).
-/// (Building and returning the whole lease, which carries an `Instant`, cost the read a third of
-/// its speed.)
+/// without the rest of the lease, for `TokenCache::cached_header` (building and returning the
+/// whole lease, which carries an `Instant`, cost that read a third of its speed).
 #[inline]
 pub(super) fn header(shared: &Arc<Shared>) -> Option<HeaderValue> {
     let valid = valid(shared)?;
