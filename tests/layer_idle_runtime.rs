@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use besender_auth::{BesenderAuthLayer, ReplayBody, Token, TokenCache};
+use besender_auth::{BesenderAuthLayer, ReplayBody, Token, TokenCache, TokenSource};
 use bytes::Bytes;
 use http::{Request, Response, header::AUTHORIZATION};
 use http_body_util::Empty;
@@ -34,27 +34,9 @@ fn paused_current_thread() -> Runtime {
 
 #[test]
 fn a_token_is_not_stamped_after_it_ran_out_while_its_alarm_could_not_run() {
-    let fetches = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&fetches);
-    let layer = BesenderAuthLayer::new(move || {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        async move { Ok::<_, Infallible>(Token::bearer(format!("token-{n}"), LIFETIME)) }
-    });
-    let stamped = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&stamped);
-    let inner = service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
-        let header = request.headers().get(AUTHORIZATION).cloned();
-        seen.lock()
-            .unwrap()
-            .push(header.map(|h| h.to_str().unwrap().to_owned()));
-        ready(Ok::<_, Infallible>(Response::new(())))
-    });
-    let service = layer.layer(inner);
+    let (service, stamped, fetches) = stamping_service();
     let send = |runtime: &Runtime| {
-        let request = Request::get("http://api.example/")
-            .body(Empty::new())
-            .unwrap();
-        runtime.block_on(service.clone().oneshot(request)).unwrap();
+        runtime.block_on(service.clone().oneshot(get())).unwrap();
     };
 
     // The first token is fetched on `first`, which also holds the alarm that would flag its
@@ -100,20 +82,32 @@ fn the_cached_header_is_not_served_after_it_ran_out_while_its_alarm_could_not_ru
 
 type Stamped = Arc<Mutex<Vec<Option<String>>>>;
 
-/// A layer whose source counts its fetches and names each token `token-<n>`, over an inner
-/// service that records the `Authorization` it was sent.
-#[allow(clippy::type_complexity)]
-fn stamping_service() -> (
-    impl Service<Request<Empty<Bytes>>, Response = Response<()>, Error = besender_auth::Error> + Clone,
-    Stamped,
-    Arc<AtomicU64>,
-) {
+/// A source that counts its fetches and names each token `token-<n>`; every fetch after the
+/// first takes `later_fetches_take`.
+fn counting_source(later_fetches_take: Duration) -> (impl TokenSource, Arc<AtomicU64>) {
     let fetches = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&fetches);
-    let layer = BesenderAuthLayer::new(move || {
+    let source = move || {
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        async move { Ok::<_, Infallible>(Token::bearer(format!("token-{n}"), LIFETIME)) }
-    });
+        async move {
+            if n > 1 && !later_fetches_take.is_zero() {
+                tokio::time::sleep(later_fetches_take).await;
+            }
+            Ok::<_, Infallible>(Token::bearer(format!("token-{n}"), LIFETIME))
+        }
+    };
+    (source, fetches)
+}
+
+/// `layer` over an inner service that records the `Authorization` it was sent.
+fn stamping(
+    layer: &BesenderAuthLayer,
+) -> (
+    impl Service<Request<Empty<Bytes>>, Response = Response<()>, Error = besender_auth::Error>
+    + Clone
+    + use<>,
+    Stamped,
+) {
     let stamped: Stamped = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&stamped);
     let inner = service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
@@ -123,7 +117,19 @@ fn stamping_service() -> (
             .push(header.map(|h| h.to_str().unwrap().to_owned()));
         ready(Ok::<_, Infallible>(Response::new(())))
     });
-    (layer.layer(inner), stamped, fetches)
+    (layer.layer(inner), stamped)
+}
+
+/// [`stamping`] over a layer on [`counting_source`] whose fetches are instant.
+#[allow(clippy::type_complexity)]
+fn stamping_service() -> (
+    impl Service<Request<Empty<Bytes>>, Response = Response<()>, Error = besender_auth::Error> + Clone,
+    Stamped,
+    Arc<AtomicU64>,
+) {
+    let (source, fetches) = counting_source(Duration::ZERO);
+    let (service, stamped) = stamping(&BesenderAuthLayer::new(source));
+    (service, stamped, fetches)
 }
 
 fn get() -> Request<Empty<Bytes>> {
@@ -231,13 +237,8 @@ fn a_late_call_with_no_fresh_token_fails_instead_of_sending_the_dead_one() {
 }
 
 fn counting_cache() -> (TokenCache, Arc<AtomicU64>) {
-    let fetches = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&fetches);
-    let cache = TokenCache::new(move || {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        async move { Ok::<_, Infallible>(Token::bearer(format!("token-{n}"), LIFETIME)) }
-    });
-    (cache, fetches)
+    let (source, fetches) = counting_source(Duration::ZERO);
+    (TokenCache::new(source), fetches)
 }
 
 /// A 60 s token: usable until 50 s, refresh due at 30 s. Its alarm is on `first`, which is never
@@ -301,37 +302,16 @@ fn get_starts_the_refresh_ahead_on_a_driven_runtime() {
 /// refusal then gets a fresh one) and counts no coalesced wait, since it waits for nothing.
 #[test]
 fn a_late_call_counts_no_wait_it_did_not_make() {
-    let fetches = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&fetches);
-    let layer = BesenderAuthLayer::new(move || {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            if n > 1 {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            Ok::<_, Infallible>(Token::bearer(format!("token-{n}"), LIFETIME))
-        }
-    });
-    let stamped = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&stamped);
-    let inner = service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
-        let header = request.headers().get(AUTHORIZATION).cloned();
-        seen.lock()
-            .unwrap()
-            .push(header.map(|h| h.to_str().unwrap().to_owned()));
-        std::future::ready(Ok::<_, Infallible>(Response::new(())))
-    });
+    let (source, _) = counting_source(Duration::from_secs(5));
+    let layer = BesenderAuthLayer::new(source);
     let cache = layer.cache().clone();
-    let mut service = layer.layer(inner);
+    let (mut service, stamped) = stamping(&layer);
     paused_current_thread().block_on(async {
         service.ready().await.unwrap();
         let token = cache.get().await.unwrap();
         assert!(cache.invalidate(&token));
         let before = cache.stats().coalesced_waits;
-        let request = Request::get("http://api.example/")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let _ = service.call(request).await;
+        let _ = service.call(get()).await;
         assert_eq!(
             *stamped.lock().unwrap(),
             [Some("Bearer token-1".to_owned())]
