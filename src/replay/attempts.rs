@@ -259,27 +259,27 @@ where
     pub(super) fn size_hint(&self) -> SizeHint {
         let state = self.shared.lock();
         let unsent = state.kept.len_from(self.sent_frames);
-        let mut hint = SizeHint::new();
-        match &state.rest {
-            None => {
-                hint.set_lower(unsent);
-                hint.set_upper(unsent);
-            }
+        let hint = match &state.rest {
+            None => SizeHint::with_exact(unsent),
             Some(rest) => {
                 let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
                 hint.set_lower(rest.lower().saturating_add(unsent));
                 if let Some(upper) = rest.upper() {
                     hint.set_upper(upper.saturating_add(unsent));
                 }
+                hint
             }
-        }
-        if !self.shared.exact_size && hint.exact().is_some() {
+        };
+        match hint.exact() {
             // The caller's body did not declare its size: neither does its replay, so that the
             // retry is framed as the first attempt was (see `Shared::exact_size`).
-            let lower = hint.lower();
-            hint = SizeHint::new();
-            hint.set_lower(lower);
+            Some(size) if !self.shared.exact_size => {
+                let mut unknown = SizeHint::new();
+                unknown.set_lower(size);
+                unknown
+            }
+            _ => hint,
         }
-        hint
     }
 }

@@ -72,13 +72,17 @@ fn valid(shared: &Shared) -> Option<Valid> {
 pub(super) fn is_usable(shared: &Shared, lease: &Lease) -> bool {
     match valid(shared) {
         Some(valid) if valid.generation == lease.generation => {
-            !valid.clock || {
-                let now = Instant::now();
-                now < lease.usable_until && shared.before_clock_due(now)
-            }
+            !valid.clock || clock_allows(shared, lease.usable_until)
         }
         _ => false,
     }
+}
+
+/// Under `CLOCK`: whether the clock is before both the instant the alarm is due and the
+/// lease's own usable time (a reader can pair an old state with a newer due instant).
+fn clock_allows(shared: &Shared, usable_until: Instant) -> bool {
+    let now = Instant::now();
+    now < usable_until && shared.before_clock_due(now)
 }
 
 /// Runs `f` on this thread's slot for `generation` of `shared`, if there is one.
@@ -125,11 +129,7 @@ pub(super) fn lease(shared: &Arc<Shared>) -> Option<Lease> {
         // First read of this token on this thread.
         None => lease_entry(shared, &shared.current_entry(generation)?),
     };
-    (!valid.clock || {
-        let now = Instant::now();
-        now < lease.usable_until && shared.before_clock_due(now)
-    })
-    .then_some(lease)
+    (!valid.clock || clock_allows(shared, lease.usable_until)).then_some(lease)
 }
 
 /// The valid token itself, for [`TokenCache::get`](super::TokenCache::get). Unlike the layer's
