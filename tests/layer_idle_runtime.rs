@@ -32,6 +32,14 @@ fn paused_current_thread() -> Runtime {
         .unwrap()
 }
 
+/// Another paused runtime, whose clock is already `by` later: time that passes while the
+/// runtimes made before it are not driven, so none of their timers runs.
+fn another_runtime_later(by: Duration) -> Runtime {
+    let runtime = paused_current_thread();
+    runtime.block_on(tokio::time::advance(by));
+    runtime
+}
+
 #[test]
 fn a_token_is_not_stamped_after_it_ran_out_while_its_alarm_could_not_run() {
     let (service, stamped, fetches) = stamping_service();
@@ -44,9 +52,7 @@ fn a_token_is_not_stamped_after_it_ran_out_while_its_alarm_could_not_run() {
     let first = paused_current_thread();
     send(&first);
     // On another runtime's clock, the token's lifetime passes; no timer of `first` runs.
-    let second = paused_current_thread();
-    second.block_on(tokio::time::advance(LIFETIME + Duration::from_secs(1)));
-    send(&second);
+    send(&another_runtime_later(LIFETIME + Duration::from_secs(1)));
 
     assert_eq!(
         fetches.load(Ordering::SeqCst),
@@ -73,11 +79,12 @@ fn the_cached_header_is_not_served_after_it_ran_out_while_its_alarm_could_not_ru
             .block_on(async { layer.cache().cached_header() })
             .is_some()
     );
-    let second = paused_current_thread();
-    second.block_on(async {
-        tokio::time::advance(LIFETIME).await;
-        assert!(layer.cache().cached_header().is_none());
-    });
+    let second = another_runtime_later(LIFETIME);
+    assert!(
+        second
+            .block_on(async { layer.cache().cached_header() })
+            .is_none()
+    );
 }
 
 type Stamped = Arc<Mutex<Vec<Option<String>>>>;
@@ -183,9 +190,7 @@ fn a_refresh_due_while_the_alarm_cannot_run_still_starts_ahead_of_expiry() {
     let (service, stamped, fetches) = stamping_service();
     let first = paused_current_thread();
     first.block_on(service.clone().oneshot(get())).unwrap();
-    let second = paused_current_thread();
-    second.block_on(async {
-        tokio::time::advance(Duration::from_secs(40)).await;
+    another_runtime_later(Duration::from_secs(40)).block_on(async {
         service.clone().oneshot(get()).await.unwrap();
         // Let the background refresh finish.
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -249,9 +254,7 @@ fn the_cached_header_is_served_past_its_refresh_time_while_its_alarm_cannot_run(
     let (cache, fetches) = counting_cache();
     let first = paused_current_thread();
     first.block_on(cache.get()).unwrap();
-    let second = paused_current_thread();
-    second.block_on(async {
-        tokio::time::advance(Duration::from_secs(40)).await;
+    another_runtime_later(Duration::from_secs(40)).block_on(async {
         let token = cache.get().await.unwrap();
         assert!(token.same_token(&cache.get().await.unwrap()));
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -271,9 +274,7 @@ fn get_starts_the_refresh_ahead_while_the_alarm_cannot_run() {
     let (cache, fetches) = counting_cache();
     let first = paused_current_thread();
     first.block_on(cache.get()).unwrap();
-    let second = paused_current_thread();
-    second.block_on(async {
-        tokio::time::advance(Duration::from_secs(40)).await;
+    another_runtime_later(Duration::from_secs(40)).block_on(async {
         cache.get().await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     });
