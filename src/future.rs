@@ -61,9 +61,11 @@ pin_project! {
         Unretried { #[pin] future: F, refusal: OnRefusal },
         /// The first attempt of a request that may be retried.
         First { #[pin] future: F, retry: Option<Retry<S, B>> },
-        /// The first attempt was refused; getting everything ready for the retry. Holds the
-        /// refusal (always `Ok`), returned if no retry is possible.
-        Recovering { refusal: Option<F::Output>, retry: Retry<S, B> },
+        /// The first attempt was refused; getting everything ready for the retry. Boxed: only
+        /// a refusal allocates it, and every response future stays the inner future and a few
+        /// words (a refused response and a clone of the inner service inline would make it
+        /// hundreds of bytes, moved with every future).
+        Recovering { recovery: Box<Recovery<F::Output, S, B>> },
         /// The one retry, with the token it carries.
         Retrying { #[pin] future: F, refusal: OnRefusal },
     }
@@ -93,28 +95,36 @@ impl OnRefusal {
     }
 }
 
-/// Everything a retry needs, kept from `call`.
+/// What a retry needs, kept from `call`: three words, as the head, the body and the refused
+/// token's header live in the replay's shared state.
 pub(crate) struct Retry<S, B> {
-    /// A fresh clone of the inner service, made when the retry is about to be sent.
-    service: Option<S>,
     /// The request head and body to send again.
     replay: Replay<B>,
-    /// The token the first attempt carried.
-    refused: Lease,
+    /// The generation of the token the first attempt carried.
+    refused: u64,
     core: Arc<Core<S>>,
-    /// `None` until the first attempt is refused; boxed, so that every response future stays
-    /// small and only the refusal path allocates.
-    step: Option<Box<Step<B>>>,
+}
+
+/// A refused request on its way to the retry.
+pub(crate) struct Recovery<R, S, B> {
+    retry: Retry<S, B>,
+    /// The refusal (always `Ok`), returned if no retry is possible.
+    refusal: Option<R>,
+    /// A fresh clone of the inner service, made when the retry is about to be sent.
+    service: Option<S>,
+    step: Step<B>,
 }
 
 /// The retry as it will be sent: the request, and the token it carries.
 type RetryRequest<B> = (Request<ReplayBody<B>>, Lease);
 
 /// Where the recovery is.
-// Always boxed (see `Retry::step`) and made only on the refusal path: the size of its largest
-// variant costs one allocation per refusal, nothing per request.
+// Inside the boxed `Recovery`, made only on the refusal path: the size of its largest variant
+// costs nothing per request.
 #[allow(clippy::large_enum_variant)]
 enum Step<B> {
+    /// Just refused: invalidate the refused token, get a fresh one.
+    Refused,
     /// Waiting for a fresh token.
     Token(LeaseFuture),
     /// Waiting for the first attempt to let go of the body.
@@ -150,18 +160,16 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
 }
 
 impl<S, B> Retry<S, B> {
-    pub(crate) fn new(replay: Replay<B>, refused: Lease, core: Arc<Core<S>>) -> Self {
+    pub(crate) fn new(replay: Replay<B>, refused: u64, core: Arc<Core<S>>) -> Self {
         Self {
-            service: None,
             replay,
             refused,
             core,
-            step: None,
         }
     }
 }
 
-impl<S, B> Retry<S, B>
+impl<R, S, B> Recovery<R, S, B>
 where
     S: Service<Request<ReplayBody<B>>> + Clone,
     S::Error: Into<BoxError>,
@@ -171,75 +179,60 @@ where
     /// possible, return the original response.
     fn poll_recover(&mut self, cx: &mut Context<'_>) -> Poll<Option<RetryRequest<B>>> {
         loop {
-            let Some(step) = self.step.as_deref_mut() else {
-                // Just refused: drop the refused token, get a fresh one.
-                let cache = &self.core.cache;
-                cache.invalidate_generation(self.refused.generation);
-                let fresh = match cache.acquire() {
-                    Acquire::Ready(lease) => Ok(lease),
-                    Acquire::Failed(err) => Err(err),
-                    Acquire::Pending(wait) => {
-                        self.step = Some(Box::new(Step::Token(wait)));
-                        continue;
+            match &mut self.step {
+                Step::Refused => {
+                    let cache = &self.retry.core.cache;
+                    cache.invalidate_generation(self.retry.refused);
+                    let fresh = match cache.acquire() {
+                        Acquire::Ready(lease) => Ok(lease),
+                        Acquire::Failed(err) => Err(err),
+                        Acquire::Pending(wait) => {
+                            self.step = Step::Token(wait);
+                            continue;
+                        }
+                    };
+                    if !self.got_token(fresh) {
+                        return Poll::Ready(None);
                     }
-                };
-                if !self.got_token(fresh) {
-                    return Poll::Ready(None);
                 }
-                continue;
-            };
-            match step {
                 Step::Token(wait) => {
                     let fresh = ready!(wait.as_mut().poll(cx));
                     if !self.got_token(fresh) {
                         return Poll::Ready(None);
                     }
                 }
-                Step::Body {
-                    wait: Some(waiting),
-                    ..
-                } => {
-                    let released = ready!(waiting.as_mut().poll(cx));
-                    let Some(Step::Body { lease, wait }) = self.step.as_deref_mut() else {
-                        unreachable!("matched above")
-                    };
-                    *wait = None;
-                    if !released {
-                        // Past the wait: one last look, then give up.
-                        let lease = lease.clone();
-                        match self.replay.take() {
-                            Take::Ready(body) => {
-                                if !self.prepare(lease, body) {
-                                    return Poll::Ready(self.no_replay());
-                                }
-                            }
-                            Take::Held | Take::Refused => return Poll::Ready(self.no_replay()),
+                Step::Body { lease, wait } => {
+                    // Past an unsuccessful wait: one last look, then give up.
+                    let may_wait = match wait {
+                        Some(waiting) => {
+                            let released = ready!(waiting.as_mut().poll(cx));
+                            *wait = None;
+                            released
                         }
-                    }
-                }
-                Step::Body { lease, wait: None } => {
+                        None => true,
+                    };
                     let lease = lease.clone();
-                    match self.replay.take() {
+                    match self.retry.replay.take() {
                         Take::Ready(body) => {
                             if !self.prepare(lease, body) {
                                 return Poll::Ready(self.no_replay());
                             }
                         }
-                        Take::Held => {
+                        Take::Held if may_wait => {
                             // The server answered before the first attempt finished sending.
-                            let released = self.replay.released();
-                            let wait = wait_released(released, self.core.replay_wait);
-                            self.step = Some(Box::new(Step::Body {
+                            let released = self.retry.replay.released();
+                            let wait = wait_released(released, self.retry.core.replay_wait);
+                            self.step = Step::Body {
                                 lease,
                                 wait: Some(Box::pin(wait)),
-                            }));
+                            };
                         }
-                        Take::Refused => return Poll::Ready(self.no_replay()),
+                        Take::Held | Take::Refused => return Poll::Ready(self.no_replay()),
                     }
                 }
                 Step::Ready(request) => {
                     if self.service.is_none() {
-                        self.service = self.core.fresh_service();
+                        self.service = self.retry.core.fresh_service();
                     }
                     let Some(service) = self.service.as_mut() else {
                         // Unreachable: the template is made before any retryable call.
@@ -261,8 +254,8 @@ where
     /// retry goes on.
     fn got_token(&mut self, fresh: Result<Lease, TokenError>) -> bool {
         match fresh {
-            Ok(lease) if lease.header != self.refused.header => {
-                self.step = Some(Box::new(Step::Body { lease, wait: None }));
+            Ok(lease) if lease.header != self.retry.replay.token() => {
+                self.step = Step::Body { lease, wait: None };
                 return true;
             }
             // Rate-limited or the server's choice: a retry would be refused again.
@@ -271,7 +264,7 @@ where
                 tracing::debug!(error = %err, "refused request not retried: no fresh token")
             }
         }
-        RefusalCounters::bump(&self.core.cache.refusals().no_new_token);
+        RefusalCounters::bump(&self.retry.core.cache.refusals().no_new_token);
         false
     }
 
@@ -280,7 +273,7 @@ where
     fn prepare(&mut self, lease: Lease, body: ReplayBody<B>) -> bool {
         match self.request(lease, body) {
             Some(retry) => {
-                self.step = Some(Box::new(Step::Ready(Some(retry))));
+                self.step = Step::Ready(Some(retry));
                 true
             }
             None => false,
@@ -290,14 +283,14 @@ where
     /// Gives up on a refusal whose request cannot be sent again.
     fn no_replay(&self) -> Option<RetryRequest<B>> {
         tracing::debug!("refused request not retried: it cannot be sent again");
-        RefusalCounters::bump(&self.core.cache.refusals().refused_replays);
+        RefusalCounters::bump(&self.retry.core.cache.refusals().refused_replays);
         None
     }
 
     /// The retry: the kept request head with the fresh token, and the replayed body; `None` if
     /// the head does not rebuild.
     fn request(&self, lease: Lease, body: ReplayBody<B>) -> Option<RetryRequest<B>> {
-        let mut parts = self.replay.head().to_parts()?;
+        let mut parts = self.retry.replay.head().to_parts()?;
         parts
             .headers
             .insert(http::header::AUTHORIZATION, lease.header.clone());
@@ -344,27 +337,29 @@ where
                     tracing::debug!(status = %response.status(), "token refused; refreshing and retrying once");
                     RefusalCounters::bump(&core.cache.refusals().refusals);
                     state.set(State::Recovering {
-                        refusal: Some(Ok(response)),
-                        retry,
+                        recovery: Box::new(Recovery {
+                            retry,
+                            refusal: Some(Ok(response)),
+                            service: None,
+                            step: Step::Refused,
+                        }),
                     });
                 }
-                StateProj::Recovering { refusal, retry } => {
-                    match ready!(retry.poll_recover(cx)) {
-                        None => {
-                            let refusal = refusal.take().expect("polled after completion");
-                            return Poll::Ready(refusal.map_err(Error::inner));
-                        }
-                        Some((request, lease)) => {
-                            let core = &retry.core;
-                            RefusalCounters::bump(&core.cache.refusals().retries);
-                            let refusal = core.on_refusal(lease.generation);
-                            let service = retry.service.as_mut();
-                            let future = service.expect("poll_recover made it ready").call(request);
-                            // Drops the refused response and what the retry no longer needs.
-                            state.set(State::Retrying { future, refusal });
-                        }
+                StateProj::Recovering { recovery } => match ready!(recovery.poll_recover(cx)) {
+                    None => {
+                        let refusal = recovery.refusal.take().expect("polled after completion");
+                        return Poll::Ready(refusal.map_err(Error::inner));
                     }
-                }
+                    Some((request, lease)) => {
+                        let core = &recovery.retry.core;
+                        RefusalCounters::bump(&core.cache.refusals().retries);
+                        let refusal = core.on_refusal(lease.generation);
+                        let service = recovery.service.as_mut();
+                        let future = service.expect("poll_recover made it ready").call(request);
+                        // Drops the refused response and what the retry no longer needs.
+                        state.set(State::Retrying { future, refusal });
+                    }
+                },
                 StateProj::Retrying { future, refusal } => {
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
                     // Never a second retry; the cache rate-limits the refresh a refusal asks for.

@@ -35,8 +35,8 @@ impl RequestHead {
     /// Copies the head of `request`; `None` if a part is too large to encode (then no retry is
     /// possible).
     #[inline]
-    pub(crate) fn copy(request: &Parts) -> Option<Self> {
-        let uri = &request.uri;
+    pub(crate) fn copy<B>(request: &http::Request<B>) -> Option<Self> {
+        let uri = request.uri();
         let uri_parts = [
             uri.scheme_str(),
             uri.authority().map(uri::Authority::as_str),
@@ -45,7 +45,7 @@ impl RequestHead {
         let uri_len: usize = uri_parts.iter().flatten().map(|s| s.len()).sum();
         // One pass over the headers; a typical header fits the estimate, and the buffer grows
         // (rarely) otherwise.
-        let headers = &request.headers;
+        let headers = request.headers();
         let mut bytes = Vec::with_capacity(uri_len + headers.len() * (HEADER_PREFIX + 40));
         let mut copied = 0;
         let mut ranges = [None; 3];
@@ -73,9 +73,9 @@ impl RequestHead {
             bytes.extend_from_slice(value.as_bytes());
         }
         Some(Self {
-            method: request.method.clone(),
-            version: request.version,
-            extensions: request.extensions.clone(),
+            method: request.method().clone(),
+            version: request.version(),
+            extensions: request.extensions().clone(),
             uri: ranges,
             bytes,
             headers: copied,
@@ -149,8 +149,8 @@ mod tests {
     use super::*;
 
     fn round_trip(request: http::Request<()>) {
+        let copy = RequestHead::copy(&request).unwrap();
         let (parts, ()) = request.into_parts();
-        let copy = RequestHead::copy(&parts).unwrap();
         let back = copy.to_parts().unwrap();
         let mut expected = parts.headers.clone();
         expected.remove(AUTHORIZATION);
@@ -202,10 +202,7 @@ mod tests {
         struct Tag(u32);
         let mut request = http::Request::get("/").body(()).unwrap();
         request.extensions_mut().insert(Tag(7));
-        let back = RequestHead::copy(&request.into_parts().0)
-            .unwrap()
-            .to_parts()
-            .unwrap();
+        let back = RequestHead::copy(&request).unwrap().to_parts().unwrap();
         assert_eq!(back.extensions.get::<Tag>(), Some(&Tag(7)));
     }
 
@@ -216,7 +213,7 @@ mod tests {
             .header("x-api-key", "also-secret")
             .body(())
             .unwrap();
-        let copy = RequestHead::copy(&request.into_parts().0).unwrap();
+        let copy = RequestHead::copy(&request).unwrap();
         assert!(!copy.bytes.windows(11).any(|w| w == b"very-secret"));
         assert!(!format!("{copy:?}").contains("also-secret"));
     }

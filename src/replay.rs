@@ -39,7 +39,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, request::Parts};
+use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 
@@ -80,6 +80,9 @@ enum Kind<B> {
 struct Shared<B> {
     /// The request head for the retry (its `Authorization` is replaced then).
     head: RequestHead,
+    /// The `Authorization` header the first attempt carried: a fresh token equal to it is no
+    /// reason to retry.
+    token: HeaderValue,
     cap: usize,
     empty: bool,
     /// The caller's body declared its exact size when it was wrapped. A retry reports an exact
@@ -87,6 +90,8 @@ struct Shared<B> {
     /// or chunked, HTTP/2 `content-length`), and the retry must go out as the first attempt
     /// did, trailers included (length framing has no room for them).
     exact_size: bool,
+    /// The caller's body's size hint when it was wrapped: the first attempt's until it reads.
+    hint: SizeHint,
     body: Mutex<BodyState<B>>,
     /// An attempt body exists.
     in_use: AtomicBool,
@@ -134,30 +139,39 @@ impl<B: Body> ReplayBody<B> {
         }
     }
 
-    /// Wraps `body` for a first attempt that may be replayed once, keeping up to `cap` bytes,
-    /// with a copy of the request head `parts` for the retry (taken before the body is wrapped,
-    /// without its `Authorization`). Gives the body back when its size hint already exceeds
-    /// `cap` (or the head cannot be encoded): the request is then not replayable.
+    /// Whether `body` may be kept for a replay: its size hint does not already exceed `cap`.
+    #[inline]
+    pub(crate) fn fits(body: &B, cap: usize) -> bool {
+        let lower = body.size_hint().lower();
+        if lower > cap as u64 && !body.is_end_stream() {
+            tracing::trace!(lower, cap, "not replayable: the body is over the cap");
+            return false;
+        }
+        true
+    }
+
+    /// Wraps `body` (which [`fits`](Self::fits) `cap`) for a first attempt that may be
+    /// replayed once, keeping up to `cap` bytes, with `head`, the copy of the request head for
+    /// the retry, and `token`, the header the first attempt carries (a fresh token equal to it
+    /// is no use). The first attempt's body and the retry's handle share one allocation.
     ///
-    /// One function copies the head and builds the shared state, so the copy is not returned
-    /// from a function of its own and moved again (with the trailers boxed, ~80 fewer
-    /// instructions per retryable call in the per-call benchmark).
-    pub(crate) fn replayable(parts: &Parts, body: B, cap: usize) -> Result<(Self, Replay<B>), B> {
+    /// The caller wraps the body with `Request::map`, so that the request is moved once on its
+    /// way to the inner service, as with retry off.
+    pub(crate) fn first(
+        body: B,
+        head: RequestHead,
+        token: HeaderValue,
+        cap: usize,
+    ) -> (Self, Replay<B>) {
         let empty = body.is_end_stream();
         let hint = body.size_hint();
-        let lower = hint.lower();
-        if !empty && lower > cap as u64 {
-            tracing::trace!(lower, cap, "not replayable: the body is over the cap");
-            return Err(body);
-        }
-        let Some(head) = RequestHead::copy(parts) else {
-            return Err(body);
-        };
         let shared = Arc::new(Shared {
             head,
+            token,
             cap,
             empty,
             exact_size: hint.exact().is_some(),
+            hint,
             body: Mutex::new(BodyState {
                 kept: Kept::default(),
                 trailers: None,
@@ -181,7 +195,7 @@ impl<B: Body> ReplayBody<B> {
                 keeping: true,
             })
         };
-        Ok((Self { kind: first }, Replay { shared }))
+        (Self { kind: first }, Replay { shared })
     }
 }
 
@@ -197,6 +211,11 @@ impl<B> Replay<B> {
     /// The request head to send again.
     pub(crate) fn head(&self) -> &RequestHead {
         &self.shared.head
+    }
+
+    /// The `Authorization` header the first attempt carried.
+    pub(crate) fn token(&self) -> &HeaderValue {
+        &self.shared.token
     }
 
     /// The body for the retry, if the first attempt has let go of it and it can be replayed.

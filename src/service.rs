@@ -15,6 +15,7 @@ use tower_service::Service;
 use crate::{
     error::{BoxError, Error, TokenError, TokenErrorKind},
     future::{OnRefusal, ResponseFuture, Retry},
+    head::RequestHead,
     layer::Core,
     replay::ReplayBody,
     token::cache::{Acquire, Lease, LeaseFuture},
@@ -194,24 +195,30 @@ where
         }
         // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
         let cap = self.core.max_replay_bytes;
-        let (parts, body) = request.into_parts();
-        let (body, replay) = match ReplayBody::replayable(&parts, body, cap) {
-            Ok(replayable) => replayable,
-            Err(body) => {
-                let refusal = OnRefusal {
-                    unreplayable: true,
-                    ..self.core.on_refusal(lease.generation)
-                };
-                let request = Request::from_parts(parts, ReplayBody::passthrough(body));
-                return ResponseFuture::unretried(self.inner.call(request), refusal);
-            }
+        let head = match ReplayBody::fits(request.body(), cap) {
+            true => RequestHead::copy(&request),
+            false => None,
         };
+        let Some(head) = head else {
+            let refusal = OnRefusal {
+                unreplayable: true,
+                ..self.core.on_refusal(lease.generation)
+            };
+            let request = request.map(ReplayBody::passthrough);
+            return ResponseFuture::unretried(self.inner.call(request), refusal);
+        };
+        let mut replay = None;
+        let request = request.map(|body| {
+            let (body, kept) = ReplayBody::first(body, head, lease.header.clone(), cap);
+            replay = Some(kept);
+            body
+        });
+        let replay = replay.expect("`Request::map` calls its closure");
         // Retries are cloned, only when needed, from a clone of the inner service made once;
         // the ready inner service serves this call (tower's clone rule).
         let inner = &self.inner;
         self.core.template.get_or_init(|| Mutex::new(inner.clone()));
-        let retry = Retry::new(replay, lease.clone(), Arc::clone(&self.core));
-        let request = Request::from_parts(parts, body);
+        let retry = Retry::new(replay, lease.generation, Arc::clone(&self.core));
         ResponseFuture::first(self.inner.call(request), retry)
     }
 }

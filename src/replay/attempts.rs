@@ -132,30 +132,23 @@ where
 
     pub(super) fn is_end_stream(&self) -> bool {
         if !self.taken {
-            // Until the first poll the body is in the shared state: answering costs a lock
-            // (a client asks once or twice, before it sends).
-            return self
-                .shared
-                .lock()
-                .rest
-                .as_ref()
-                .is_none_or(B::is_end_stream);
+            // Untouched since it was wrapped, and then it was not at its end (an empty body is
+            // wrapped as `Kind::Empty`): no lock for what a client asks before it sends.
+            return false;
         }
         // Trailers are sent as soon as they are read: only the body can be left.
         self.body.as_ref().is_none_or(B::is_end_stream)
     }
 
     pub(super) fn size_hint(&self) -> SizeHint {
-        let exact_zero = || SizeHint::with_exact(0);
         if !self.taken {
-            return self
-                .shared
-                .lock()
-                .rest
-                .as_ref()
-                .map_or_else(exact_zero, B::size_hint);
+            // Untouched since it was wrapped: its hint then (a body's size changes only as it
+            // is read), without the lock.
+            return self.shared.hint.clone();
         }
-        self.body.as_ref().map_or_else(exact_zero, B::size_hint)
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
     }
 
     /// Keeps a frame this attempt sends, up to the cap.
