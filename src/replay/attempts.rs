@@ -144,7 +144,7 @@ where
         if !self.taken {
             // Untouched since it was wrapped: its hint then (a body's size changes only as it
             // is read), without the lock.
-            return self.shared.hint.clone();
+            return self.shared.hint;
         }
         self.body
             .as_ref()
