@@ -10,7 +10,10 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -361,4 +364,60 @@ async fn early_refusal_of_an_unread_full_body() {
             Err(e) => panic!("h2 {h2}: {e:?}"),
         }
     }
+}
+
+/// No data; at its end once the peer's end of stream arrives, polled or not, as hyper's HTTP/2
+/// request body is (a proxy forwards such bodies).
+struct EndsUnpolled(Arc<AtomicBool>);
+
+impl Body for EndsUnpolled {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0.load(Ordering::SeqCst) {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A client frames the request by `is_end_stream` when it writes the head, which may be long
+/// after `call` (it connects first): the first attempt must report an end its body reached
+/// unpolled, so that it goes out without a body, as its retry does.
+#[tokio::test]
+async fn an_end_reached_before_the_first_poll_is_reported() {
+    let ended = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let inner = {
+        let (ended, seen) = (ended.clone(), seen.clone());
+        tower::service_fn(move |request: Request<ReplayBody<EndsUnpolled>>| {
+            // The end of stream arrives while the client connects.
+            ended.store(true, Ordering::SeqCst);
+            let mut seen = seen.lock().unwrap();
+            seen.push(request.body().is_end_stream());
+            let status = match seen.len() {
+                1 => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::OK,
+            };
+            let response = Response::builder().status(status).body(()).unwrap();
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+    let service = BesenderAuthLayer::new(source.source()).layer(inner);
+    let request = Request::post("http://127.0.0.1/x")
+        .body(EndsUnpolled(ended))
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(*seen.lock().unwrap(), [true, true]);
 }

@@ -132,9 +132,14 @@ where
 
     pub(super) fn is_end_stream(&self) -> bool {
         if !self.taken {
-            // Untouched since it was wrapped, and then it was not at its end (an empty body is
-            // wrapped as `Kind::Empty`): no lock for what a client asks before it sends.
-            return false;
+            // Until the first poll the body is in the shared state, and it may reach its end
+            // unpolled (h2's request body does when END_STREAM arrives): ask it, under the lock.
+            return self
+                .shared
+                .lock()
+                .rest
+                .as_ref()
+                .is_none_or(B::is_end_stream);
         }
         // Trailers are sent as soon as they are read: only the body can be left.
         self.body.as_ref().is_none_or(B::is_end_stream)
@@ -142,8 +147,9 @@ where
 
     pub(super) fn size_hint(&self) -> SizeHint {
         if !self.taken {
-            // Untouched since it was wrapped: its hint then (a body's size changes only as it
-            // is read), without the lock.
+            // Untouched since it was wrapped: its hint then, without the lock. What is left to
+            // read only shrinks as it is read, so an unread body's hint stays true (at worst
+            // looser than it could now be).
             return self.shared.hint;
         }
         self.body
