@@ -11,15 +11,16 @@
 //! retry's copy of the request head ([`RequestHead`]), and a [`BodyState`] behind a lock: the
 //! kept frames, the trailers, and the unread rest of the caller's body.
 //!
-//! The first attempt streams without that lock. At its first poll it takes the caller's body
-//! out of the shared state; from then on the body and the frames it keeps are its own, and when
-//! it is dropped it hands them back (one lock per request; none if it was never polled, or if
-//! the response future is gone and no retry can come). Past the cap, or when the caller's body
-//! fails, it also raises `gave_up`, so a refused request returns at once instead of waiting for
-//! it to end.
+//! The first attempt streams the caller's body from that state, under the lock, and keeps its
+//! frames there. The lock is uncontended (the retry reads the state only once the first attempt
+//! is gone), and it keeps the attempt body two words: a client moves the body it is given
+//! through several futures, and inline state made every one of those moves, and the boxed
+//! futures holding them, larger. Before its first poll the body reports the size hint recorded
+//! when it was wrapped, without the lock. Past the cap, or when the caller's body fails, it
+//! also raises `gave_up`, so a refused request returns at once instead of waiting for it to end.
 //!
 //! At most one attempt streams at a time: `in_use` is set while an attempt body exists, and
-//! cleared when it is dropped (after the hand-over), with a wake-up if a retry announced
+//! cleared when it is dropped, with a wake-up if a retry announced
 //! (`retry_waiting`) that it waits for it. Both flags are `SeqCst`, so either the retry sees the
 //! body released or the dropping attempt sees the retry waiting. The retry's body is only made
 //! once the first attempt's body is gone ([`Replay::take`]); if the server answered before the
@@ -187,13 +188,7 @@ impl<B: Body> ReplayBody<B> {
         let first = if empty {
             Kind::Empty
         } else {
-            Kind::First(First {
-                shared: Arc::clone(&shared),
-                taken: false,
-                body: None,
-                kept: Kept::default(),
-                keeping: true,
-            })
+            Kind::First(First::new(Arc::clone(&shared)))
         };
         (Self { kind: first }, Replay { shared })
     }

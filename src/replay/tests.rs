@@ -156,7 +156,10 @@ async fn past_the_cap_the_buffer_is_freed_and_replay_refused() {
     let Kind::First(attempt) = &first.kind else {
         panic!("a replayable body's first attempt")
     };
-    assert!(attempt.kept.is_freed(), "the buffer was freed");
+    assert!(
+        attempt.shared.lock().kept.is_freed(),
+        "the buffer was freed"
+    );
     assert!(
         matches!(replay.take(), Take::Refused),
         "refused at once, without waiting for the first attempt to end"
@@ -280,7 +283,10 @@ async fn once_the_response_future_is_gone_nothing_is_kept_or_handed_over() {
     let Kind::First(attempt) = &first.kind else {
         panic!("a replayable body's first attempt")
     };
-    assert!(attempt.kept.is_freed(), "the kept frames were freed");
+    assert!(
+        attempt.shared.lock().kept.is_freed(),
+        "the kept frames were freed"
+    );
     drop(first);
     assert!(
         shared.upgrade().is_none(),
