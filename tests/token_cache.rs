@@ -482,3 +482,46 @@ fn a_fetch_stalled_on_an_idle_runtime_does_not_strand_other_runtimes() {
         assert!(!token.is_expired());
     });
 }
+
+/// The fetch task first runs `late` after it was spawned (its runtime was busy, or the clock
+/// jumped). Its source must not run past the instant waiters give the fetch up, or the next
+/// caller's fetch would run alongside it.
+async fn a_fetch_that_runs_late_is_never_run_alongside_the_next(late: Duration) {
+    let source = TestSource::new(DAY, Duration::from_millis(9_500));
+    let cache = TokenCache::builder(source.source())
+        .fetch_timeout(Duration::from_secs(10))
+        .build();
+    // Spawns the fetch task; `advance` moves the clock before the task first runs.
+    assert!(
+        tokio::time::timeout(Duration::ZERO, cache.get())
+            .await
+            .is_err()
+    );
+    advance(late).await;
+    // A caller that sees no token keeps asking, as a client does.
+    let token = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            if let Ok(token) = cache.get().await {
+                break token;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("recovered");
+    assert!(!token.is_expired());
+    assert_eq!(source.max_in_flight(), 1, "two fetches ran at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_first_polled_late_ends_by_the_deadline_set_when_it_started() {
+    // First polled at 2 s, its source would run until 11.5 s: it must not outlast the waiters'
+    // fallback (11 s), after which the next caller (at 11.1 s) starts a new fetch.
+    a_fetch_that_runs_late_is_never_run_alongside_the_next(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_first_polled_past_both_deadlines_never_calls_its_source() {
+    // The clock jumps past the fetch timeout (10 s) and the waiters' fallback (11 s) at once.
+    a_fetch_that_runs_late_is_never_run_alongside_the_next(Duration::from_secs(12)).await;
+}

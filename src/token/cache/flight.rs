@@ -1,6 +1,12 @@
 //! Fetches: one at a time, on a task of their own, shared by every waiter.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::{Pin, pin},
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
 
 use tokio::{runtime::Handle, sync::watch, time::Instant};
 
@@ -27,9 +33,9 @@ impl<T: TokenSource> DynSource for T {
 /// What a fetch ends with, as its waiters see it; `None` while it runs.
 pub(super) type FlightResult = Option<Result<Arc<Entry>, TokenError>>;
 
-/// How long past its fetch timeout a fetch may run before it counts as stalled: its task may
-/// sit on a runtime that nobody drives (one shared cache, several runtimes), and its own
-/// timeout is a timer of that runtime.
+/// How long past its deadline a fetch may go on before it counts as stalled: its task may sit
+/// on a runtime that nobody drives (one shared cache, several runtimes), and its own timeout is
+/// a timer of that runtime.
 const STALL_SLACK: Duration = Duration::from_secs(1);
 
 /// The fetch running now, as the cache records it.
@@ -94,10 +100,14 @@ impl Shared {
         control.stats.fetches += 1;
         let id = control.stats.fetches;
         let fetch_timeout = self.config.fetch_timeout;
+        // One deadline, fixed now, for the source call and (plus the slack) for the waiters:
+        // counted from the task's first poll instead, a task that waits to run would let its
+        // source run past the instant the cache gives it up and starts another fetch.
+        let deadline = Instant::now() + fetch_timeout;
         let flight = RunningFlight {
             id,
             rx,
-            stalled_at: Instant::now() + fetch_timeout + STALL_SLACK,
+            stalled_at: deadline + STALL_SLACK,
         };
         let waiter = flight.waiter(fetch_timeout);
         control.flight = Some(flight);
@@ -109,21 +119,41 @@ impl Shared {
                 origin,
                 id,
             };
-            let result = guard.shared.fetch().await;
+            let result = guard.shared.fetch(deadline).await;
             guard.finish(result);
         });
         Ok(waiter)
     }
 
-    /// One call to the source, bounded by the fetch timeout, checked for usability.
-    async fn fetch(&self) -> Result<Token, TokenError> {
+    /// One call to the source, ended at `deadline` (the fetch timeout from when the fetch was
+    /// started), checked for usability.
+    ///
+    /// The source is never called or polled at or past `deadline`, whichever timer the runtime
+    /// runs first: a task that runs late (its runtime was busy or not driven, or the clock
+    /// jumped past several deadlines at once) finds the clock past it and ends without touching
+    /// the source. So once waiters give the fetch up (`stalled_at`, later than `deadline`) and a
+    /// new one starts, this one can no longer act.
+    async fn fetch(&self, deadline: Instant) -> Result<Token, TokenError> {
         let timeout = self.config.fetch_timeout;
-        let token = match tokio::time::timeout(timeout, self.source.fetch()).await {
-            Ok(Ok(token)) => token,
-            Ok(Err(err)) => return Err(TokenError::from_source(err)),
-            Err(_elapsed) => {
-                return Err(TokenError::new(TokenErrorKind::Timeout { after: timeout }));
+        let timed_out = || TokenError::new(TokenErrorKind::Timeout { after: timeout });
+        if Instant::now() >= deadline {
+            return Err(timed_out());
+        }
+        let mut source = self.source.fetch();
+        let mut expiry = pin!(tokio::time::sleep_until(deadline));
+        // The clock before the source: the timer may not have fired yet where the clock is past.
+        let result = std::future::poll_fn(|cx| {
+            if Instant::now() >= deadline || expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
             }
+            source.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        drop(source);
+        let token = match result {
+            Some(Ok(token)) => token,
+            Some(Err(err)) => return Err(TokenError::from_source(err)),
+            None => return Err(timed_out()),
         };
         token.check()?;
         Ok(token)

@@ -27,7 +27,10 @@
 //!   sits on a runtime nobody drives (one cache, several runtimes) stalls: past its fetch
 //!   timeout plus a second, waiters give up on their own timers and the next caller starts a
 //!   new fetch; a late result is still installed, but clears only its own flight. Waiters never
-//!   hang.
+//!   hang. Single flight holds through this: the fetch's deadline is fixed when it is started
+//!   (not when its task first runs), and its source is never called or polled at or past that
+//!   deadline, which comes a second before the waiters give up, whatever order the runtime
+//!   fires the two timers in (a stalled runtime, or a clock that jumps past both).
 //! - A fetch's drop guard takes the lock, so it is created inside the task, on its first poll: a
 //!   runtime that is shutting down may drop a new task synchronously inside `spawn`, while we
 //!   hold the lock. An alarm's guard takes no lock and exists before its task.
