@@ -483,6 +483,19 @@ fn a_fetch_stalled_on_an_idle_runtime_does_not_strand_other_runtimes() {
     });
 }
 
+/// A source that answers exactly at the fetch timeout has answered in time, as with
+/// `tokio::time::timeout`, which polls the future before its timer.
+#[tokio::test(start_paused = true)]
+async fn a_token_ready_at_the_fetch_timeout_counts() {
+    let timeout = Duration::from_secs(10);
+    let source = TestSource::new(DAY, timeout);
+    let cache = TokenCache::builder(source.source())
+        .fetch_timeout(timeout)
+        .build();
+    let token = cache.get().await.unwrap();
+    assert!(!token.is_expired());
+}
+
 /// The fetch task first runs `late` after it was spawned (its runtime was busy, or the clock
 /// jumped). Its source must not run past the instant waiters give the fetch up, or the next
 /// caller's fetch would run alongside it.

@@ -128,25 +128,33 @@ impl Shared {
     /// One call to the source, ended at `deadline` (the fetch timeout from when the fetch was
     /// started), checked for usability.
     ///
-    /// The source is never called or polled at or past `deadline`, whichever timer the runtime
-    /// runs first: a task that runs late (its runtime was busy or not driven, or the clock
-    /// jumped past several deadlines at once) finds the clock past it and ends without touching
-    /// the source. So once waiters give the fetch up (`stalled_at`, later than `deadline`) and a
-    /// new one starts, this one can no longer act.
+    /// The source is never called or polled past `deadline`, whichever timer the runtime runs
+    /// first: a task that runs late (its runtime was busy or not driven, or the clock jumped
+    /// past several deadlines at once) finds the clock past it and ends without touching the
+    /// source. So once waiters give the fetch up (`stalled_at`, a second after `deadline`) and
+    /// a new one starts, this one's source is never polled again. (Its future is dropped only
+    /// when its runtime next runs the task; and single flight assumes the runtimes sharing a
+    /// cache share a clock, as real clocks do: `tokio::time::pause` is per runtime.)
     async fn fetch(&self, deadline: Instant) -> Result<Token, TokenError> {
         let timeout = self.config.fetch_timeout;
         let timed_out = || TokenError::new(TokenErrorKind::Timeout { after: timeout });
-        if Instant::now() >= deadline {
+        if Instant::now() > deadline {
             return Err(timed_out());
         }
         let mut source = self.source.fetch();
         let mut expiry = pin!(tokio::time::sleep_until(deadline));
-        // The clock before the source: the timer may not have fired yet where the clock is past.
         let result = std::future::poll_fn(|cx| {
-            if Instant::now() >= deadline || expiry.as_mut().poll(cx).is_ready() {
+            // The clock first: the timer may not have fired yet where the clock is past. This
+            // is defence in depth (tokio fires an expired sleep at its first poll); the source
+            // before the timer, so that a result ready at the deadline counts, as with
+            // `tokio::time::timeout`.
+            if Instant::now() > deadline {
                 return Poll::Ready(None);
             }
-            source.as_mut().poll(cx).map(Some)
+            if let Poll::Ready(result) = source.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            expiry.as_mut().poll(cx).map(|()| None)
         })
         .await;
         drop(source);

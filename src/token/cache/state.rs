@@ -28,9 +28,12 @@
 //!   timeout plus a second, waiters give up on their own timers and the next caller starts a
 //!   new fetch; a late result is still installed, but clears only its own flight. Waiters never
 //!   hang. Single flight holds through this: the fetch's deadline is fixed when it is started
-//!   (not when its task first runs), and its source is never called or polled at or past that
+//!   (not when its task first runs), and its source is never called or polled past that
 //!   deadline, which comes a second before the waiters give up, whatever order the runtime
-//!   fires the two timers in (a stalled runtime, or a clock that jumps past both).
+//!   fires the two timers in (a stalled runtime, or a clock that jumps past both). A source
+//!   future polled before the deadline on a runtime that then stops is not polled again, but is
+//!   dropped only when that runtime runs the task; and the runtimes sharing a cache must share a
+//!   clock (`tokio::time::pause` is per runtime).
 //! - A fetch's drop guard takes the lock, so it is created inside the task, on its first poll: a
 //!   runtime that is shutting down may drop a new task synchronously inside `spawn`, while we
 //!   hold the lock. An alarm's guard takes no lock and exists before its task.
