@@ -2,7 +2,6 @@
 //! without a lock and keeps its frames, and the retry, which replays them from the shared state.
 
 use std::{
-    marker::PhantomData,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
     task::{Context, Poll},
@@ -28,7 +27,6 @@ pub(super) struct First<B> {
     /// Polled at least once (until then its size hint is the one recorded when it was wrapped,
     /// read without the lock).
     pub(super) polled: bool,
-    _body: PhantomData<fn() -> B>,
 }
 
 impl<B> First<B> {
@@ -37,7 +35,6 @@ impl<B> First<B> {
             shared,
             keeping: true,
             polled: false,
-            _body: PhantomData,
         }
     }
 }
