@@ -483,6 +483,41 @@ fn a_fetch_stalled_on_an_idle_runtime_does_not_strand_other_runtimes() {
     });
 }
 
+/// A fetch given up as stalled fails later, after the fetch that replaced it delivered a token:
+/// its failure must not back off that token's refresh, nor be held as the cache's error.
+#[test]
+fn a_stalled_fetch_failing_late_does_not_back_off_the_fetch_that_replaced_it() {
+    let source = TestSource::new(Duration::from_secs(40), Duration::ZERO);
+    let cache = TokenCache::builder(source.source())
+        .fetch_timeout(Duration::from_secs(10))
+        .backoff(Duration::from_secs(600), Duration::from_secs(600))
+        .error_hold(Duration::from_secs(600))
+        .build();
+    let idle = paused_runtime();
+    // Starts the fetch on `idle`, which is not driven again for a while.
+    let started = idle.block_on(async { tokio::time::timeout(Duration::ZERO, cache.get()).await });
+    assert!(started.is_err());
+    let other = paused_runtime();
+    let replacement = other.block_on(async {
+        assert!(cache.get().await.is_err(), "gave the stalled fetch up");
+        cache.get().await.unwrap()
+    });
+    // `idle` runs again past the stalled fetch's deadline: that fetch fails now.
+    idle.block_on(advance(Duration::from_secs(12)));
+    assert_eq!(cache.stats().failed_fetches, 1);
+    other.block_on(async {
+        // Past the replacement's lifetime: it was refreshed ahead (or is fetched now), with no
+        // backoff or held error left by the stale failure.
+        advance(Duration::from_secs(45)).await;
+        let token = cache
+            .get()
+            .await
+            .expect("a fresh token, not the stale error");
+        assert!(!token.same_token(&replacement));
+        assert!(!token.is_expired());
+    });
+}
+
 /// A source that answers exactly at the fetch timeout has answered in time, as with
 /// `tokio::time::timeout`, which polls the future before its timer.
 #[tokio::test(start_paused = true)]

@@ -352,8 +352,15 @@ impl Shared {
                 Some(Ok(entry))
             }
             Err(err) => {
-                control.failures = control.failures.saturating_add(1);
                 control.stats.failed_fetches += 1;
+                if control.stats.fetches > flight_id {
+                    // Given up as stalled, this fetch was replaced: its failure says nothing
+                    // about the newer fetch's token, and backing off (or holding this error)
+                    // would delay that token's refresh.
+                    tracing::debug!(error = %err, "a fetch given up as stalled failed");
+                    return Some(Err(err));
+                }
+                control.failures = control.failures.saturating_add(1);
                 let delay = self.backoff(&mut control);
                 tracing::warn!(error = %err, retry_in = ?delay, "token fetch failed");
                 control.retry_at = Some(now + delay);
