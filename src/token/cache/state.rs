@@ -26,7 +26,8 @@
 //!   before it first ran drops its sender, which `reap_dead_flight` notices. A fetch whose task
 //!   sits on a runtime nobody drives (one cache, several runtimes) stalls: past its fetch
 //!   timeout plus a second, waiters give up on their own timers and the next caller starts a
-//!   new fetch; a late result is still installed, but clears only its own flight. Waiters never
+//!   new fetch; a late success is still installed, but clears only its own flight, and a late
+//!   failure (with one clock, the only kind) records no backoff and no held error. Waiters never
 //!   hang. Single flight holds through this: the fetch's deadline is fixed when it is started
 //!   (not when its task first runs), and its source is never called or polled past that
 //!   deadline, which comes a second before the waiters give up, whatever order the runtime
