@@ -1,4 +1,4 @@
-//! `RequestHead`: the retry's copy of a request head, in one allocation.
+//! `RequestHead`: the retry's copy of a request head, in one buffer.
 //!
 //! A retry needs the first attempt's method, URI, version, headers and extensions, but the inner
 //! service consumes the request. Cloning `http::request::Parts` is the obvious copy and the
@@ -7,8 +7,10 @@
 //! than the rest of the layer's per-call work). Nearly every request succeeds, so the copy is
 //! almost always thrown away. This copy writes the URI and every header name and value back to
 //! back into one buffer instead, and the head is rebuilt only when a retry is actually sent.
+//! A dropped head leaves its buffer in a spare slot of the thread that drops it, and the next
+//! copy made on that thread takes it, so the copy usually allocates nothing.
 
-use std::fmt;
+use std::{cell::Cell, fmt};
 
 use http::{
     Extensions, HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, header::AUTHORIZATION,
@@ -46,7 +48,8 @@ impl RequestHead {
         // One pass over the headers; a typical header fits the estimate, and the buffer grows
         // (rarely) otherwise.
         let headers = request.headers();
-        let mut bytes = Vec::with_capacity(uri_len + headers.len() * (HEADER_PREFIX + 40));
+        let mut bytes = spare_buffer();
+        bytes.reserve(uri_len + headers.len() * (HEADER_PREFIX + 40));
         let mut copied = 0;
         let mut ranges = [None; 3];
         for (range, part) in ranges.iter_mut().zip(uri_parts) {
@@ -133,6 +136,33 @@ impl RequestHead {
     }
 }
 
+thread_local! {
+    /// A head buffer freed on this thread, for the next copy made here: nearly every copy is
+    /// thrown away unused, and reusing its buffer spares an allocation and a free per request.
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Buffers larger than this are freed rather than kept (a head with a large cookie).
+const SPARE_MAX: usize = 4096;
+
+/// This thread's spare head buffer (empty), or a new one.
+#[inline]
+fn spare_buffer() -> Vec<u8> {
+    SPARE.try_with(Cell::take).unwrap_or_default()
+}
+
+impl Drop for RequestHead {
+    #[inline]
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if bytes.capacity() <= SPARE_MAX {
+            // Cleared, not zeroed: what it held is no more exposed than freed memory is.
+            bytes.clear();
+            let _ = SPARE.try_with(|spare| spare.set(bytes));
+        }
+    }
+}
+
 impl fmt::Debug for RequestHead {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The headers hold the bearer token: never shown.
@@ -194,6 +224,37 @@ mod tests {
                 .unwrap(),
         );
         round_trip(http::Request::get("/").body(()).unwrap());
+    }
+
+    #[test]
+    fn a_dropped_head_lends_its_buffer_to_the_next_copy_on_its_thread() {
+        let request = http::Request::get("/a")
+            .header("x-a", "1")
+            .body(())
+            .unwrap();
+        let first = RequestHead::copy(&request).unwrap();
+        let buffer = first.bytes.as_ptr();
+        drop(first);
+        let second = RequestHead::copy(&request).unwrap();
+        assert_eq!(second.bytes.as_ptr(), buffer, "reused");
+        assert_eq!(second.to_parts().unwrap().headers["x-a"], "1");
+        // Two heads alive at once: the second gets a buffer of its own.
+        let third = RequestHead::copy(&request).unwrap();
+        assert_ne!(third.bytes.as_ptr(), second.bytes.as_ptr());
+        // A large buffer is freed, not kept for the thread.
+        let large = http::Request::get("/")
+            .header("cookie", "c".repeat(2 * SPARE_MAX))
+            .body(())
+            .unwrap();
+        drop((second, third));
+        drop(RequestHead::copy(&large).unwrap());
+        let kept = SPARE.with(|spare| {
+            let buffer = spare.take();
+            let capacity = buffer.capacity();
+            spare.set(buffer);
+            capacity
+        });
+        assert!(kept <= SPARE_MAX, "kept {kept} bytes");
     }
 
     #[test]
