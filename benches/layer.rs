@@ -65,9 +65,13 @@ where
     S::Error: std::fmt::Debug,
 {
     let mut cx = Context::from_waker(Waker::noop());
-    let Poll::Ready(Ok(())) = service.poll_ready(&mut cx) else {
-        panic!("the bench services are always ready")
-    };
+    // Matched as a client's `ready!(service.poll_ready(cx))?` does: by moving, so a ready
+    // service costs no drop of the result.
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(err)) => panic!("{err:?}"),
+        Poll::Pending => panic!("the bench services are always ready"),
+    }
     let mut future = pin!(service.call(request));
     match future.as_mut().poll(&mut cx) {
         Poll::Ready(response) => response.unwrap(),
