@@ -364,7 +364,7 @@ where
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
                     // Never a second retry; the cache rate-limits the refresh a refusal asks for.
                     if !refusal.check(&response) {
-                        TokenCache::retried(refusal.cache_id);
+                        TokenCache::retried(refusal.cache_id, refusal.generation);
                     }
                     return Poll::Ready(Ok(response));
                 }

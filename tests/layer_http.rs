@@ -302,6 +302,43 @@ async fn a_401_that_offers_only_basic_is_not_a_refusal_of_the_token() {
     assert_eq!(layer.stats().refusals, 0);
 }
 
+/// The token a refusal's refresh brought, accepted by the server, is revoked in turn moments
+/// later: a new revocation, refreshed and retried at once, not mistaken for a refusal no token
+/// can fix (which the minimum interval between forced refreshes is for).
+#[tokio::test]
+async fn a_token_revoked_twice_in_quick_succession_is_replaced_both_times() {
+    for h2 in [false, true] {
+        let (server, source, layer, service) = refusing_first_token(h2).await;
+        let response = send(&service, post(&server.url(), full_body("{}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "h2: {h2}");
+        server.refuse("token-2");
+        let response = send(&service, post(&server.url(), full_body(r#"{"n":2}"#)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "h2: {h2}");
+        assert_eq!(body_of(response).await, r#"{"n":2}"#);
+        assert_eq!(source.calls(), 3, "two forced refreshes (h2: {h2})");
+        let tokens: Vec<_> = server
+            .seen()
+            .into_iter()
+            .map(|seen| seen.authorization.unwrap())
+            .collect();
+        assert_eq!(
+            tokens,
+            [
+                "Bearer token-1",
+                "Bearer token-2",
+                "Bearer token-2",
+                "Bearer token-3"
+            ]
+        );
+        let stats = layer.stats();
+        assert_eq!((stats.retries, stats.successful_retries), (2, 2));
+    }
+}
+
 #[tokio::test]
 async fn persistent_refusal_retries_each_request_at_most_once() {
     let server = ScriptedServer::start(

@@ -130,8 +130,8 @@ impl TokenCache {
     ///
     /// Call it when a server refused `token`. Returns whether it was evicted: `false` if another
     /// token is cached by now (a late refusal of an old token never evicts a new one), or if a
-    /// forced refresh already ran within the minimum interval and `token` came from one (a
-    /// refusal that no new token can fix must not loop).
+    /// forced refresh already ran within the minimum interval and `token` came from one that
+    /// no accepted retry has vouched for (a refusal that no new token can fix must not loop).
     pub fn invalidate(&self, token: &Token) -> bool {
         self.shared
             .invalidate(|entry| entry.token.same_token(token))
@@ -222,10 +222,12 @@ impl TokenCache {
         }
     }
 
-    /// Counts a retry that was not refused, on the live cache with this id.
-    pub(crate) fn retried(cache_id: u64) {
+    /// Counts a retry that was not refused, on the live cache with this id, and records that
+    /// the token of `generation` it carried fixed a refusal.
+    pub(crate) fn retried(cache_id: u64, generation: u64) {
         if let Some(shared) = registry::find(cache_id) {
             RefusalCounters::bump(&shared.refusals.successful_retries);
+            shared.retry_accepted(generation);
         }
     }
 
@@ -385,9 +387,11 @@ impl TokenCacheBuilder {
     }
 
     /// At most one forced refresh ([`TokenCache::invalidate`]) per this interval, except that
-    /// the first refusal of a normally fetched token always refreshes. Default 5 s: a token
-    /// revoked by the server is replaced at once, while a refusal no token can fix costs at most
-    /// one token call per 5 s.
+    /// the first refusal of a normally fetched token always refreshes, and so does a refusal of
+    /// a token from a forced refresh whose retry the server accepted (it fixed a refusal, so
+    /// this one is a new revocation). Default 5 s: a token revoked by the server is replaced at
+    /// once, even twice in a row, while a refusal no token can fix costs at most one token call
+    /// per 5 s.
     pub fn min_forced_refresh_interval(mut self, interval: Duration) -> Self {
         self.config.min_forced_interval = capped(interval);
         self

@@ -45,7 +45,7 @@ use std::{
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -85,6 +85,9 @@ pub(crate) struct Entry {
     pub(super) header: HeaderValue,
     pub(super) interned: bool,
     origin: Origin,
+    /// A retry carrying this token was accepted: it fixed a refusal, so a later refusal of it
+    /// is a new revocation, not a refusal no token can fix (see [`Shared::invalidate`]).
+    retry_accepted: AtomicBool,
     refresh_at: Instant,
     usable_until: Instant,
 }
@@ -302,7 +305,11 @@ impl Shared {
         let recent = control
             .last_forced
             .is_some_and(|at| now < at + self.config.min_forced_interval);
-        if entry.origin == Origin::Forced && recent {
+        // A token from a forced refresh refused within the interval: unless a retry carrying it
+        // was accepted, refreshing again may be a loop (a 401 that no token can fix).
+        let unproven =
+            entry.origin == Origin::Forced && !entry.retry_accepted.load(Ordering::Relaxed);
+        if unproven && recent {
             control.stats.rate_limited_refreshes += 1;
             tracing::debug!(
                 "refused token came from a forced refresh moments ago; not refreshing again"
@@ -322,6 +329,19 @@ impl Shared {
             let _ = self.spawn_fetch(&mut control, Origin::Forced);
         }
         true
+    }
+
+    /// A retry carrying the token of `generation` was accepted: if that token is still the one
+    /// served, a refusal of it may force a refresh at once (it is a new revocation).
+    pub(super) fn retry_accepted(&self, generation: u64) {
+        let control = self.lock();
+        if let Some(entry) = control
+            .entry
+            .as_ref()
+            .filter(|e| e.generation == generation)
+        {
+            entry.retry_accepted.store(true, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn finish(
@@ -419,6 +439,7 @@ impl Shared {
             header,
             interned,
             origin,
+            retry_accepted: AtomicBool::new(false),
             refresh_at,
             usable_until,
         }
