@@ -63,6 +63,12 @@ use crate::{error::BoxError, head::RequestHead};
 /// This is the body type the inner service receives. Its data is `Bytes` and its error a
 /// [`BoxError`], so it fits hyper-util's client and, through `tonic::body::Body::new` or
 /// `axum::body::Body::new`, tonic and axum.
+///
+/// The caller's body must be `Unpin`, as hyper-util's client requires of its own: the first
+/// attempt and the retry read it from state they share, where it cannot be pinned in place.
+/// Bodies from hyper, axum, tonic and `http-body-util` are; for one that is not (a
+/// `StreamBody` over an `async` stream), send `Box::pin(body)` or
+/// `BodyExt::boxed_unsync(body)`, which are.
 pub struct ReplayBody<B> {
     kind: Kind<B>,
 }

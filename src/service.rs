@@ -135,7 +135,8 @@ impl<S, B, ResBody> Service<Request<B>> for BesenderAuth<S>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
+    // `Unpin`: see `ReplayBody` (bound here, so that a body that is not says so at the call).
+    B: Body + Send + Unpin + 'static,
 {
     type Response = Response<ResBody>;
     type Error = Error;

@@ -421,3 +421,54 @@ async fn an_end_reached_before_the_first_poll_is_reported() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(*seen.lock().unwrap(), [true, true]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A body that is not `Unpin`, boxed as `ReplayBody` documents.
+
+pin_project_lite::pin_project! {
+    /// A body that must not move once polled (as a `StreamBody` over an `async` stream).
+    struct Pinned {
+        #[pin]
+        frames: Frames,
+        #[pin]
+        _pinned: std::marker::PhantomPinned,
+    }
+}
+
+impl Body for Pinned {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.project().frames.poll_frame(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_unpin_is_replayed_once_pinned_in_a_box() {
+    let (addr, seen) = recording_server().await;
+    let (_source, layer) = layer();
+    let service: BesenderAuth<Client<HttpConnector, ReplayBody<Pin<Box<Pinned>>>>> =
+        layer.layer(hyper_client(false));
+    let body = Box::pin(Pinned {
+        frames: Frames::new(&["not ", "unpin"], None),
+        _pinned: std::marker::PhantomPinned,
+    });
+    let request = Request::post(format!("http://{addr}/pinned"))
+        .body(body)
+        .unwrap();
+    let response = timeout(HANG, service.oneshot(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "refused, then replayed");
+    assert_eq!(
+        (&seen[0].body[..], &seen[1].body[..]),
+        (&b"not unpin"[..], &b"not unpin"[..])
+    );
+}
