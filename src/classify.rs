@@ -8,7 +8,9 @@
 //!   take a bearer token at all). A 401 with no challenge is a refusal.
 //! - `grpc-status: 16` (`UNAUTHENTICATED`) in the response headers is a refusal: gRPC reports
 //!   auth failures as HTTP 200 with a trailers-only response. Every other gRPC status, `7`
-//!   (`PERMISSION_DENIED`) included, is not.
+//!   (`PERMISSION_DENIED`) included, is not. A response that carries `grpc-status` is judged by
+//!   it alone, whatever its HTTP status, as gRPC clients do (they map the HTTP status only when
+//!   `grpc-status` is absent).
 //!
 //! Supply your own [`ClassifyRefusal`] (any `Fn(StatusCode, &HeaderMap) -> bool` is one) for an
 //! API that signals refusal differently.
