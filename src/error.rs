@@ -64,6 +64,14 @@ pub enum BesenderErrorKind {
     },
     /// The response body could not be read to its end.
     Body,
+    /// The response body is compressed (`Content-Encoding`), although the request asked for
+    /// none (`Accept-Encoding: identity`).
+    Encoded {
+        /// The HTTP status of the answer.
+        status: StatusCode,
+        /// The `Content-Encoding` the server declared, truncated.
+        encoding: String,
+    },
     /// The response body is not JSON (for example an HTML error page from a proxy).
     NotJson {
         /// The HTTP status of the answer.
@@ -114,16 +122,21 @@ impl BesenderError {
         &self.endpoint
     }
 
-    /// Whether trying again later may succeed: transport failures, timeouts, HTTP 408/429/5xx and
-    /// unreadable bodies. Bad credentials and malformed answers are not retryable.
+    /// Whether trying again later may succeed: transport failures, timeouts, HTTP 408/429/5xx
+    /// (as the HTTP status, or as Besender's `code` under HTTP 200, which mirrors HTTP statuses)
+    /// and unreadable bodies. Bad credentials and malformed answers are not retryable.
     pub fn is_transient(&self) -> bool {
+        let transient_status = |status: u16| {
+            (500..600).contains(&status)
+                || status == StatusCode::TOO_MANY_REQUESTS.as_u16()
+                || status == StatusCode::REQUEST_TIMEOUT.as_u16()
+        };
         match &self.kind {
             BesenderErrorKind::Transport | BesenderErrorKind::Timeout { .. } => true,
             BesenderErrorKind::Body => true,
-            BesenderErrorKind::Rejected { status, .. } => {
-                status.is_server_error()
-                    || *status == StatusCode::TOO_MANY_REQUESTS
-                    || *status == StatusCode::REQUEST_TIMEOUT
+            BesenderErrorKind::Rejected { status, code, .. } => {
+                transient_status(status.as_u16())
+                    || code.is_some_and(|code| u16::try_from(code).is_ok_and(transient_status))
             }
             _ => false,
         }
@@ -170,6 +183,11 @@ impl fmt::Display for BesenderError {
             BesenderErrorKind::Body => write!(
                 f,
                 "the response body from the Besender token endpoint {endpoint} could not be read"
+            ),
+            BesenderErrorKind::Encoded { status, encoding } => write!(
+                f,
+                "the Besender token endpoint {endpoint} answered HTTP {status} with a body in \
+                 content-encoding {encoding:?}, although the request accepted only identity"
             ),
             BesenderErrorKind::NotJson {
                 status,

@@ -63,6 +63,25 @@ async fn numeric_client_id_is_sent_as_a_json_number() {
     );
 }
 
+#[test]
+fn client_ids_convert_from_every_integer_and_string_type() {
+    use besender_auth::ClientId;
+    assert_eq!(ClientId::from(19u64), ClientId::Number(19));
+    assert_eq!(ClientId::from(19usize), ClientId::Number(19));
+    assert_eq!(ClientId::from(-19isize), ClientId::Number(-19));
+    assert_eq!(
+        ClientId::from(u64::MAX),
+        ClientId::Text(u64::MAX.to_string())
+    );
+    assert_eq!(
+        ClientId::from(&"abc".to_owned()),
+        ClientId::Text("abc".into())
+    );
+    // A bare literal still picks an impl.
+    let builder = BesenderTokenSource::builder("http://127.0.0.1:1").client_id(19);
+    drop(builder);
+}
+
 #[tokio::test]
 async fn string_client_id_is_sent_as_a_json_string() {
     let server = ScriptedServer::start(Reply::json(200, ok_body(&good_token_fields()))).await;
@@ -192,6 +211,51 @@ async fn code_500_with_a_message_names_both() {
         text.contains("code 500") && text.contains("internal error"),
         "{text}"
     );
+    assert!(err.is_transient(), "code mirrors HTTP: 5xx may pass");
+}
+
+#[tokio::test]
+async fn codes_that_mirror_retryable_http_statuses_are_transient() {
+    for (code, transient) in [
+        (429, true),
+        (408, true),
+        (503, true),
+        (400, false),
+        (403, false),
+    ] {
+        let err = error_from(Reply::json(
+            200,
+            format!(r#"{{"code":{code},"message":"x"}}"#),
+        ))
+        .await;
+        assert_eq!(err.is_transient(), transient, "code {code}");
+    }
+}
+
+/// RFC 9110 §12.5.3: with no `Accept-Encoding` any coding is acceptable; we read only plain
+/// JSON, so we say so, and a coded body anyway is named for what it is.
+#[tokio::test]
+async fn only_an_identity_body_is_accepted_and_a_coded_one_is_named() {
+    let server = ScriptedServer::start(Reply::json(200, ok_body(&good_token_fields()))).await;
+    source(&server.url()).fetch().await.unwrap();
+    assert_eq!(server.requests()[0].headers["accept-encoding"], "identity");
+
+    let err = error_from(
+        Reply::with_content_type(200, "application/json", vec![0x1f, 0x8b, 8, 0])
+            .header("content-encoding", "gzip"),
+    )
+    .await;
+    assert_eq!(
+        err.kind(),
+        &BesenderErrorKind::Encoded {
+            status: StatusCode::OK,
+            encoding: "gzip".into()
+        }
+    );
+    assert!(err.to_string().contains("gzip"), "{err}");
+    let plain =
+        Reply::json(200, ok_body(&good_token_fields())).header("content-encoding", "identity");
+    fetch_from(plain).await.unwrap();
 }
 
 #[tokio::test]
@@ -326,7 +390,8 @@ async fn unusable_expires_in_values_are_refused_without_overflow() {
     for expires_in in [
         "0",
         "-5",
-        "1.5",
+        "0.5",
+        "-1.5",
         "\"soon\"",
         "\"0\"",
         "\"-5\"",

@@ -41,8 +41,9 @@ use tokio::time::Instant;
 
 use crate::error::BoxError;
 
-/// The longest lifetime a token may claim: one year. Longer lifetimes are clamped, so that no
-/// expiry computation can overflow an [`Instant`].
+/// The longest lifetime a token may claim: one year, so that no expiry computation can overflow
+/// an [`Instant`]. [`Token::bearer`] clamps longer lifetimes to it; a token endpoint that claims
+/// longer (`expires_in`) is refused as implausible (an absolute time sent by mistake, say).
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// One access token, ready to be stamped on requests.

@@ -71,6 +71,24 @@ macro_rules! client_id_from_integer {
 }
 client_id_from_integer!(i8, i16, i32, i64, u8, u16, u32);
 
+macro_rules! client_id_from_wide_integer {
+    ($($t:ty),*) => {$(
+        /// A number as a JSON number; one past `i64::MAX` (no real ID) as its decimal text.
+        impl From<$t> for ClientId {
+            fn from(n: $t) -> Self {
+                i64::try_from(n).map_or_else(|_| ClientId::Text(n.to_string()), ClientId::Number)
+            }
+        }
+    )*};
+}
+client_id_from_wide_integer!(u64, usize, isize);
+
+impl From<&String> for ClientId {
+    fn from(s: &String) -> Self {
+        ClientId::Text(s.clone())
+    }
+}
+
 impl From<&str> for ClientId {
     fn from(s: &str) -> Self {
         ClientId::Text(s.to_owned())
@@ -199,6 +217,11 @@ impl Inner {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        // Without it any coding is acceptable (RFC 9110 §12.5.3), and we read only plain JSON.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
 
         tracing::debug!(endpoint = %self.endpoint, "requesting a Besender access token");
         let response = self
@@ -211,6 +234,22 @@ impl Inner {
         let status = parts.status;
         if status.is_redirection() {
             return Err(self.error(BesenderErrorKind::Redirect { status }));
+        }
+        let encoding = parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .flat_map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .into_owned()
+                    .split(',')
+                    .map(|c| c.trim().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+        if let Some(encoding) = encoding {
+            let encoding = response::echo(&encoding, &self.secret.0);
+            return Err(self.error(BesenderErrorKind::Encoded { status, encoding }));
         }
         let limit = self.max_response_bytes;
         let too_large = || self.error(BesenderErrorKind::BodyTooLarge { limit });

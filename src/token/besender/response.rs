@@ -116,12 +116,24 @@ fn expires_in(value: Option<&Value>) -> Result<Duration, ParseError> {
                     format!("must be a positive number of seconds, got {negative}"),
                 ));
             }
-            (None, None) => {
-                return Err(invalid_owned(
-                    FIELD,
-                    format!("must be a whole number of seconds, got {n}"),
-                ));
-            }
+            // A decimal (`86400.0`): JSON does not tell it from an integer. A fraction of a
+            // second is dropped.
+            // (`as` saturates: a huge value is refused as implausibly long below.)
+            (None, None) => match n.as_f64() {
+                Some(s) if s >= 1.0 => s as u64,
+                Some(s) if s > 0.0 => {
+                    return Err(invalid_owned(
+                        FIELD,
+                        format!("must be at least one second, got {n}"),
+                    ));
+                }
+                _ => {
+                    return Err(invalid_owned(
+                        FIELD,
+                        format!("must be a positive number of seconds, got {n}"),
+                    ));
+                }
+            },
         },
         // A numeric string, as `code` may be (backends that stringify every number).
         Some(Value::String(text)) => {
@@ -222,7 +234,19 @@ pub(crate) fn echo(text: &str, secret: &str) -> String {
     let scrubbed = if secret.is_empty() {
         text.to_owned()
     } else {
-        text.replace(secret, "[redacted]")
+        // Also as it went out inside the JSON request (escaped), for a server that echoes the
+        // raw request body.
+        let escaped = serde_json::to_string(secret).unwrap_or_default();
+        let escaped = escaped
+            .strip_prefix('"')
+            .and_then(|e| e.strip_suffix('"'))
+            .unwrap_or_default();
+        let scrubbed = text.replace(secret, "[redacted]");
+        if escaped.is_empty() || escaped == secret {
+            scrubbed
+        } else {
+            scrubbed.replace(escaped, "[redacted]")
+        }
     };
     let mut out: String = scrubbed
         .chars()

@@ -74,3 +74,40 @@ fn the_longest_accepted_lifetime_is_one_year() {
     assert!(parse_body(200, &body(year)).is_ok());
     assert!(parse_body(200, &body(year + 1)).is_err());
 }
+
+#[test]
+fn a_decimal_expires_in_counts_its_whole_seconds() {
+    let body = |secs: &str| {
+        format!(r#"{{"code":200,"data":{{"token":{{"access_token":"abc","expires_in":{secs}}}}}}}"#)
+    };
+    let sent_at = Instant::now();
+    let lifetime = |secs: &str| {
+        parse(StatusCode::OK, None, body(secs).as_bytes(), sent_at, SECRET)
+            .map(|token| token.expires_at() - sent_at)
+    };
+    assert_eq!(lifetime("86400.0").unwrap(), Duration::from_secs(86_400));
+    assert_eq!(lifetime("3600.9").unwrap(), Duration::from_secs(3_600));
+    assert_eq!(lifetime("1e3").unwrap(), Duration::from_secs(1_000));
+    for absurd in ["0.5", "0.0", "-1.5", "1e30", "4e7"] {
+        let (kind, _) = lifetime(absurd).unwrap_err();
+        assert!(
+            matches!(
+                kind,
+                BesenderErrorKind::InvalidField {
+                    field: "data.token.expires_in",
+                    ..
+                }
+            ),
+            "{absurd}: {kind:?}"
+        );
+    }
+}
+
+#[test]
+fn the_secret_is_scrubbed_as_it_went_out_inside_the_json_request() {
+    let secret = "ab\"cd\\ef\u{1}";
+    let request = serde_json::json!({ "client_id": 19, "client_secret": secret }).to_string();
+    let echoed = echo(&format!("bad request: {request}"), secret);
+    assert!(!echoed.contains(r#"ab\"cd"#), "{echoed}");
+    assert!(echoed.contains("[redacted]"), "{echoed}");
+}
