@@ -239,16 +239,11 @@ impl Inner {
             .headers
             .get_all(header::CONTENT_ENCODING)
             .iter()
-            .flat_map(|v| {
-                String::from_utf8_lossy(v.as_bytes())
-                    .into_owned()
-                    .split(',')
-                    .map(|c| c.trim().to_owned())
-                    .collect::<Vec<_>>()
-            })
-            .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
         if let Some(encoding) = encoding {
-            let encoding = response::echo(&encoding, &self.secret.0);
+            let encoding = response::echo(&String::from_utf8_lossy(encoding), &self.secret.0);
             return Err(self.error(BesenderErrorKind::Encoded { status, encoding }));
         }
         let limit = self.max_response_bytes;
