@@ -28,6 +28,7 @@ pub struct BesenderError {
     endpoint: Arc<str>,
     kind: BesenderErrorKind,
     source: Option<BoxError>,
+    retry_after: Option<Duration>,
 }
 
 /// What went wrong in a call to Besender's token endpoint; see [`BesenderError`].
@@ -104,12 +105,26 @@ impl BesenderError {
             endpoint,
             kind,
             source: None,
+            retry_after: None,
         }
     }
 
     pub(crate) fn with_source(mut self, source: BoxError) -> Self {
         self.source = Some(source);
         self
+    }
+
+    pub(crate) fn with_retry_after(mut self, wait: Option<Duration>) -> Self {
+        self.retry_after = wait;
+        self
+    }
+
+    /// How long the endpoint asked callers to wait before the next token call, if its refusal
+    /// said (`Retry-After`, in seconds or as a date: RFC 9110 §10.2.3, as with 429 and 503).
+    /// [`TokenCache`](crate::TokenCache) waits at least this long (at most 10 minutes) before
+    /// it calls again, unless a refused token forces a refresh.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// What went wrong.
@@ -223,6 +238,7 @@ impl fmt::Debug for BesenderError {
             .field("endpoint", &self.endpoint)
             .field("kind", &self.kind)
             .field("source", &self.source)
+            .field("retry_after", &self.retry_after)
             .finish()
     }
 }

@@ -232,6 +232,30 @@ async fn codes_that_mirror_retryable_http_statuses_are_transient() {
     }
 }
 
+/// RFC 9110 §10.2.3: `Retry-After` on a refusal, in seconds or as a date, is in the error.
+#[tokio::test]
+async fn a_refusal_says_how_long_it_asked_to_wait() {
+    let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(300));
+    for (status, value, expected) in [
+        (503, "120".to_owned(), Some(120..=120)),
+        (429, soon, Some(290..=300)),
+        (503, "soon".to_owned(), None),
+        (400, "-5".to_owned(), None),
+    ] {
+        let err =
+            error_from(Reply::json(status, r#"{"code":503}"#).header("retry-after", value)).await;
+        let wait = err.retry_after().map(|w| w.as_secs());
+        match expected {
+            Some(range) => assert!(
+                wait.is_some_and(|w| range.contains(&w)),
+                "{status}: {wait:?}"
+            ),
+            None => assert_eq!(wait, None, "{status}"),
+        }
+    }
+    assert_eq!(error_from(Reply::json(503, "{}")).await.retry_after(), None);
+}
+
 /// RFC 9110 §12.5.3: with no `Accept-Encoding` any coding is acceptable; we read only plain
 /// JSON, so we say so, and a coded body anyway is named for what it is.
 #[tokio::test]

@@ -266,7 +266,11 @@ impl Inner {
             .and_then(|v| v.to_str().ok());
         let token = response::parse(status, content_type, &bytes, sent_at, &self.secret.0)
             .map_err(|(kind, source): response::ParseError| {
-                let err = self.error(kind);
+                let wait = match kind {
+                    BesenderErrorKind::Rejected { .. } => retry_after(&parts.headers),
+                    _ => None,
+                };
+                let err = self.error(kind).with_retry_after(wait);
                 match source {
                     Some(source) => err.with_source(source),
                     None => err,
@@ -279,6 +283,21 @@ impl Inner {
         );
         Ok(token)
     }
+}
+
+/// The wait a refusal asks for in `Retry-After`: delay-seconds or an HTTP-date (RFC 9110
+/// §10.2.3); `None` if absent or unreadable.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits too many for a u64 are a very long wait (the cache caps it).
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Reads `body` to its end, or `None` as soon as it passes `limit` bytes.

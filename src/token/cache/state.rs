@@ -58,7 +58,10 @@ use super::{
     alarm::Alarm,
     flight::{DynSource, Flight, FlightResult, RunningFlight},
 };
-use crate::{error::TokenError, token::Token};
+use crate::{
+    error::{BesenderError, TokenError},
+    token::Token,
+};
 
 /// "Take the lock and look at the clock": the state word alone does not say the entry is valid.
 pub(super) const CHECK: u64 = 1;
@@ -382,7 +385,7 @@ impl Shared {
                     return Some(Err(err));
                 }
                 control.failures = control.failures.saturating_add(1);
-                let delay = self.backoff(&mut control);
+                let delay = self.backoff(&mut control).max(asked_wait(&err));
                 tracing::warn!(error = %err, retry_in = ?delay, "token fetch failed");
                 control.retry_at = Some(now + delay);
                 control.last_error = Some(err.clone());
@@ -445,7 +448,8 @@ impl Shared {
         }
     }
 
-    /// The delay before the next fetch after `control.failures` consecutive failures.
+    /// The delay before the next fetch after `control.failures` consecutive failures (the
+    /// caller also honours what the endpoint asked for: see [`asked_wait`]).
     fn backoff(&self, control: &mut Control) -> Duration {
         let config = &self.config;
         let doublings = control.failures.saturating_sub(1).min(30);
@@ -544,4 +548,23 @@ impl Drop for Shared {
             alarm.handle.abort();
         }
     }
+}
+
+/// The longest `Retry-After` honoured: a server that asks for hours (or sends a date far off)
+/// must not stop a process from ever asking again.
+const MAX_ASKED_WAIT: Duration = Duration::from_secs(10 * 60);
+
+/// The wait a token endpoint asked for with its refusal (`Retry-After`), found anywhere in the
+/// error's chain (a custom source may wrap a [`BesenderError`]); capped at [`MAX_ASKED_WAIT`].
+fn asked_wait(err: &TokenError) -> Duration {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(err) = next {
+        if let Some(besender) = err.downcast_ref::<BesenderError>() {
+            return besender
+                .retry_after()
+                .map_or(Duration::ZERO, |wait| wait.min(MAX_ASKED_WAIT));
+        }
+        next = err.source();
+    }
+    Duration::ZERO
 }

@@ -67,3 +67,48 @@ async fn get_checks_the_clock_when_the_alarm_has_not_run() {
     );
     assert!(!token.is_expired());
 }
+
+/// RFC 9110 §10.2.3: a refusal's `Retry-After` is honoured (longer than the backoff), capped.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_that_asks_to_wait_is_not_called_again_before_it_said() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+
+    use crate::error::{BesenderError, BesenderErrorKind};
+
+    for (asked, waited) in [(120, 120), (86_400, 600)] {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&calls);
+        let cache = TokenCache::new(move || {
+            let call = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call == 0 {
+                    let refusal = BesenderErrorKind::Rejected {
+                        status: http::StatusCode::SERVICE_UNAVAILABLE,
+                        code: None,
+                        message: None,
+                    };
+                    return Err(BesenderError::new("http://127.0.0.1/t".into(), refusal)
+                        .with_retry_after(Some(Duration::from_secs(asked))));
+                }
+                Ok(Token::bearer("abc", Duration::from_secs(3600)))
+            }
+        });
+        let start = tokio::time::Instant::now();
+        let err = cache.get().await.unwrap_err();
+        assert_eq!(
+            err.source_as::<BesenderError>().unwrap().retry_after(),
+            Some(Duration::from_secs(asked))
+        );
+        // Past the backoff (1 s, 50% jitter) and its growth, short of what was asked.
+        tokio::time::advance(Duration::from_secs(waited - 1)).await;
+        assert!(cache.get().await.is_err(), "held until the asked time");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        cache.get().await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(start.elapsed() < Duration::from_secs(waited + 5));
+    }
+}
