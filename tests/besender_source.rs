@@ -154,8 +154,8 @@ async fn expires_in_as_a_numeric_string_is_accepted() {
 }
 
 #[tokio::test]
-async fn bearer_is_matched_case_insensitively_and_message_may_be_absent() {
-    for token_type in ["bearer", "BEARER", "Bearer"] {
+async fn bearer_is_matched_case_insensitively_padded_or_empty_and_message_may_be_absent() {
+    for token_type in ["bearer", "BEARER", "Bearer", " Bearer ", ""] {
         let body = format!(
             r#"{{"code":200,"data":{{"token":{{"token_type":"{token_type}","expires_in":60,"access_token":"{TOKEN}"}}}}}}"#
         );

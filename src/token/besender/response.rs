@@ -85,9 +85,11 @@ pub(crate) fn parse(
         .map_err(|why| invalid("data.token.access_token", why.reason()))?;
 
     match token.get("token_type") {
-        // Besender only issues bearer tokens; an absent type means Bearer.
+        // Besender only issues bearer tokens; an absent (or empty) type means Bearer.
         None | Some(Value::Null) => {}
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        // Padding and an empty type are sloppiness, not another scheme.
+        Some(Value::String(t))
+            if t.trim().is_empty() || t.trim().eq_ignore_ascii_case("bearer") => {}
         Some(Value::String(t)) => {
             return Err((
                 BesenderErrorKind::UnsupportedTokenType {
