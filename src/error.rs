@@ -65,8 +65,9 @@ pub enum BesenderErrorKind {
     },
     /// The response body could not be read to its end.
     Body,
-    /// The response body is compressed (`Content-Encoding`), although the request asked for
-    /// none (`Accept-Encoding: identity`).
+    /// A successful answer's body is compressed (`Content-Encoding`), although the request
+    /// asked for none (`Accept-Encoding: identity`). (A refusal is `Rejected`, whatever its
+    /// body.)
     Encoded {
         /// The HTTP status of the answer.
         status: StatusCode,
@@ -121,8 +122,9 @@ impl BesenderError {
 
     /// How long the endpoint asked callers to wait before the next token call, if its refusal
     /// said (`Retry-After`, in seconds or as a date: RFC 9110 §10.2.3, as with 429 and 503).
-    /// [`TokenCache`](crate::TokenCache) waits at least this long (at most 10 minutes) before
-    /// it calls again, unless a refused token forces a refresh.
+    /// [`TokenCache`](crate::TokenCache) waits at least this long (at most 10 minutes, and
+    /// never past a cached token's usable time) before it calls again, unless a refused token
+    /// forces a refresh.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }

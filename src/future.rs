@@ -364,7 +364,9 @@ where
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
                     // Never a second retry; the cache rate-limits the refresh a refusal asks for.
                     if !refusal.check(&response) {
-                        TokenCache::retried(refusal.cache_id, refusal.generation);
+                        // Only a success vouches for the token: a 503 says nothing of it.
+                        let accepted = response.status().is_success();
+                        TokenCache::retried(refusal.cache_id, refusal.generation, accepted);
                     }
                     return Poll::Ready(Ok(response));
                 }

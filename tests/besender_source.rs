@@ -277,6 +277,19 @@ async fn only_an_identity_body_is_accepted_and_a_coded_one_is_named() {
         }
     );
     assert!(err.to_string().contains("gzip"), "{err}");
+    // A refusal is named by its status, whatever its body's coding.
+    let err = error_from(
+        Reply::with_content_type(503, "application/json", vec![0x1f, 0x8b, 8, 0])
+            .header("content-encoding", "gzip")
+            .header("retry-after", "30"),
+    )
+    .await;
+    assert!(
+        matches!(err.kind(), BesenderErrorKind::Rejected { status, .. } if status.as_u16() == 503),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
     let plain =
         Reply::json(200, ok_body(&good_token_fields())).header("content-encoding", "identity");
     fetch_from(plain).await.unwrap();

@@ -339,6 +339,37 @@ async fn a_token_revoked_twice_in_quick_succession_is_replaced_both_times() {
     }
 }
 
+/// Behind a balancer, one backend refuses every token and another accepts it: every refused
+/// request's retry is accepted. That must not make every refusal a forced refresh: at most one
+/// more per minimum interval than a refusal no token can fix.
+#[tokio::test]
+async fn refusals_and_acceptances_by_turns_cannot_loop_the_token_endpoint() {
+    let server = AuthServer::start().await;
+    server.refuse_by_turns();
+    let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+    let layer = BesenderAuthLayer::new(source.source());
+    let service = layer.layer_service(hyper_client(false));
+    let start = std::time::Instant::now();
+    for _ in 0..100 {
+        let response = send(&service, post(&server.url(), full_body("{}")))
+            .await
+            .unwrap();
+        assert!(matches!(
+            response.status(),
+            StatusCode::OK | StatusCode::UNAUTHORIZED
+        ));
+    }
+    // The first token, its refusal's refresh, and one more for a refresh whose retry was
+    // accepted; two more for each 5 s the loop took on a slow machine.
+    let intervals = start.elapsed().as_secs() / 5;
+    assert!(
+        source.calls() <= 3 + 2 * intervals,
+        "{} token calls in {} intervals",
+        source.calls(),
+        intervals
+    );
+}
+
 #[tokio::test]
 async fn persistent_refusal_retries_each_request_at_most_once() {
     let server = ScriptedServer::start(

@@ -253,6 +253,8 @@ pub struct AuthServer {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     refused: Arc<Mutex<Vec<String>>>,
+    /// Refuse every other request, whatever its token (a stale backend behind a balancer).
+    by_turns: Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -263,17 +265,24 @@ impl AuthServer {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(Vec::<String>::new()));
         let (log, deny) = (Arc::clone(&seen), Arc::clone(&refused));
+        let by_turns = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let turns = Arc::clone(&by_turns);
         let task = serve(listener, move |parts, body| {
             let authorization = parts
                 .headers
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.to_str().unwrap().to_owned());
-            log.lock().unwrap().push(Seen {
-                authorization: authorization.clone(),
-                body_hash: hash_bytes(&body),
-                body_len: body.len(),
-            });
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(Seen {
+                    authorization: authorization.clone(),
+                    body_hash: hash_bytes(&body),
+                    body_len: body.len(),
+                });
+                log.len()
+            };
             let refused = match &authorization {
+                _ if turns.load(std::sync::atomic::Ordering::SeqCst) => n % 2 == 1,
                 None => true,
                 Some(a) => deny
                     .lock()
@@ -301,8 +310,16 @@ impl AuthServer {
             addr,
             seen,
             refused,
+            by_turns,
             task,
         }
+    }
+
+    /// From now on refuses every other request (the 1st, 3rd, ... it has seen), whatever its
+    /// token, and accepts the rest.
+    pub fn refuse_by_turns(&self) {
+        self.by_turns
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {

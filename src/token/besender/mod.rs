@@ -235,14 +235,18 @@ impl Inner {
         if status.is_redirection() {
             return Err(self.error(BesenderErrorKind::Redirect { status }));
         }
-        let encoding = parts
-            .headers
-            .get_all(header::CONTENT_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
-        if let Some(encoding) = encoding {
+        // Only for a success: a refusal is named by its status (and its `Retry-After`), whatever
+        // its body.
+        let encoding = status.is_success().then(|| {
+            parts
+                .headers
+                .get_all(header::CONTENT_ENCODING)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
+        });
+        if let Some(encoding) = encoding.flatten() {
             let encoding = response::echo(&String::from_utf8_lossy(encoding), &self.secret.0);
             return Err(self.error(BesenderErrorKind::Encoded { status, encoding }));
         }

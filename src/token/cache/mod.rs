@@ -222,12 +222,15 @@ impl TokenCache {
         }
     }
 
-    /// Counts a retry that was not refused, on the live cache with this id, and records that
-    /// the token of `generation` it carried fixed a refusal.
-    pub(crate) fn retried(cache_id: u64, generation: u64) {
+    /// Counts a retry that was not refused, on the live cache with this id, and, if it was
+    /// `accepted` (a success), records that the token of `generation` it carried fixed a
+    /// refusal.
+    pub(crate) fn retried(cache_id: u64, generation: u64, accepted: bool) {
         if let Some(shared) = registry::find(cache_id) {
             RefusalCounters::bump(&shared.refusals.successful_retries);
-            shared.retry_accepted(generation);
+            if accepted {
+                shared.retry_accepted(generation);
+            }
         }
     }
 
@@ -387,11 +390,11 @@ impl TokenCacheBuilder {
     }
 
     /// At most one forced refresh ([`TokenCache::invalidate`]) per this interval, except that
-    /// the first refusal of a normally fetched token always refreshes, and so does a refusal of
-    /// a token from a forced refresh whose retry the server accepted (it fixed a refusal, so
-    /// this one is a new revocation). Default 5 s: a token revoked by the server is replaced at
-    /// once, even twice in a row, while a refusal no token can fix costs at most one token call
-    /// per 5 s.
+    /// the first refusal of a normally fetched token always refreshes, and so does (once per
+    /// interval) a refusal of a token from a forced refresh whose retry the server accepted (it
+    /// fixed a refusal, so this one is a new revocation). Default 5 s: a token revoked by the
+    /// server is replaced at once, even twice in a row, while refusals no token can fix cost at
+    /// most two token calls per 5 s (one where no retry is ever accepted).
     pub fn min_forced_refresh_interval(mut self, interval: Duration) -> Self {
         self.config.min_forced_interval = capped(interval);
         self

@@ -127,6 +127,8 @@ pub(super) struct Control {
     pub(super) retry_at: Option<Instant>,
     /// When the last forced refresh started.
     pub(super) last_forced: Option<Instant>,
+    /// When a refusal of a vouched-for token last bypassed the rate limit (see `invalidate`).
+    pub(super) last_vouched_bypass: Option<Instant>,
     pub(super) alarm: Option<Alarm>,
     pub(super) rng: u64,
     pub(super) stats: CacheStats,
@@ -192,6 +194,7 @@ impl Shared {
                 last_error: None,
                 retry_at: None,
                 last_forced: None,
+                last_vouched_bypass: None,
                 alarm: None,
                 rng: seed,
                 stats: CacheStats::default(),
@@ -305,14 +308,18 @@ impl Shared {
             return false;
         }
         let now = Instant::now();
-        let recent = control
-            .last_forced
-            .is_some_and(|at| now < at + self.config.min_forced_interval);
-        // A token from a forced refresh refused within the interval: unless a retry carrying it
-        // was accepted, refreshing again may be a loop (a 401 that no token can fix).
-        let unproven =
-            entry.origin == Origin::Forced && !entry.retry_accepted.load(Ordering::Relaxed);
-        if unproven && recent {
+        let within =
+            |at: Option<Instant>| at.is_some_and(|at| now < at + self.config.min_forced_interval);
+        // A token from a forced refresh refused within the interval: refreshing again may be a
+        // loop (a 401 that no token can fix). Unless a retry carrying it was accepted: then this
+        // is a new revocation. That exception itself at most once per interval, so that
+        // backends that refuse and accept by turns (a stale one behind a load balancer) cost at
+        // most two token calls per interval, not one per refusal.
+        let vouched = entry.retry_accepted.load(Ordering::Relaxed);
+        let limited = entry.origin == Origin::Forced
+            && within(control.last_forced)
+            && (!vouched || within(control.last_vouched_bypass));
+        if limited {
             control.stats.rate_limited_refreshes += 1;
             tracing::debug!(
                 "refused token came from a forced refresh moments ago; not refreshing again"
@@ -323,6 +330,9 @@ impl Shared {
             generation = entry.generation,
             "access token refused; refreshing"
         );
+        if entry.origin == Origin::Forced && within(control.last_forced) {
+            control.last_vouched_bypass = Some(now);
+        }
         control.entry = None;
         control.last_forced = Some(now);
         control.stats.forced_refreshes += 1;
@@ -385,7 +395,13 @@ impl Shared {
                     return Some(Err(err));
                 }
                 control.failures = control.failures.saturating_add(1);
-                let delay = self.backoff(&mut control).max(asked_wait(&err));
+                // What the endpoint asked for, but never past the valid token's usable time:
+                // waiting longer would run it out while the endpoint may be back.
+                let mut asked = asked_wait(&err);
+                if let Some(entry) = &control.entry {
+                    asked = asked.min(entry.usable_until.saturating_duration_since(now));
+                }
+                let delay = self.backoff(&mut control).max(asked);
                 tracing::warn!(error = %err, retry_in = ?delay, "token fetch failed");
                 control.retry_at = Some(now + delay);
                 control.last_error = Some(err.clone());

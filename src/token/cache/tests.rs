@@ -112,3 +112,46 @@ async fn a_refusal_that_asks_to_wait_is_not_called_again_before_it_said() {
         assert!(start.elapsed() < Duration::from_secs(waited + 5));
     }
 }
+
+/// A refresh ahead refused with a `Retry-After` longer than the valid token has left: the next
+/// fetch comes when the token runs out, not after it has been dead for the rest of the wait.
+#[tokio::test(start_paused = true)]
+async fn a_wait_asked_for_never_runs_a_valid_token_out() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+
+    use crate::error::{BesenderError, BesenderErrorKind};
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = TokenCache::new(move || {
+        let call = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if call == 1 {
+                let refusal = BesenderErrorKind::Rejected {
+                    status: http::StatusCode::TOO_MANY_REQUESTS,
+                    code: None,
+                    message: None,
+                };
+                return Err(BesenderError::new("http://127.0.0.1/t".into(), refusal)
+                    .with_retry_after(Some(Duration::from_secs(600))));
+            }
+            Ok(Token::bearer(
+                format!("token-{call}"),
+                Duration::from_secs(100),
+            ))
+        }
+    });
+    let first = cache.get().await.unwrap();
+    // Usable until 90 s (10 s margin); the refresh ahead is due by 70 s, and is refused.
+    tokio::time::advance(Duration::from_secs(75)).await;
+    assert!(cache.get().await.unwrap().same_token(&first));
+    tokio::task::yield_now().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "refreshed ahead, refused");
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let fresh = cache.get().await.expect("fetched when the token ran out");
+    assert!(!fresh.same_token(&first));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
