@@ -1,4 +1,10 @@
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
 use super::*;
+use crate::error::{BesenderError, BesenderErrorKind};
 
 fn static_cache(token: &str) -> TokenCache {
     TokenCache::new(Token::bearer(token, Duration::from_secs(3600)))
@@ -68,34 +74,40 @@ async fn get_checks_the_clock_when_the_alarm_has_not_run() {
     assert!(!token.is_expired());
 }
 
+/// A cache whose source fails its call number `refused` (from 0) with HTTP 503 asking for
+/// `asked` (`Retry-After`), and otherwise issues `token-<call>` valid for `lifetime`; and the
+/// count of its calls.
+fn cache_refused_once(
+    refused: u32,
+    asked: Duration,
+    lifetime: Duration,
+) -> (TokenCache, Arc<AtomicU32>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = TokenCache::new(move || {
+        let call = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if call == refused {
+                let refusal = BesenderErrorKind::Rejected {
+                    status: http::StatusCode::SERVICE_UNAVAILABLE,
+                    code: None,
+                    message: None,
+                };
+                return Err(BesenderError::new("http://127.0.0.1/t".into(), refusal)
+                    .with_retry_after(Some(asked)));
+            }
+            Ok(Token::bearer(format!("token-{call}"), lifetime))
+        }
+    });
+    (cache, calls)
+}
+
 /// RFC 9110 §10.2.3: a refusal's `Retry-After` is honoured (longer than the backoff), capped.
 #[tokio::test(start_paused = true)]
 async fn a_refusal_that_asks_to_wait_is_not_called_again_before_it_said() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    };
-
-    use crate::error::{BesenderError, BesenderErrorKind};
-
     for (asked, waited) in [(120, 120), (86_400, 600)] {
-        let calls = Arc::new(AtomicU32::new(0));
-        let counted = Arc::clone(&calls);
-        let cache = TokenCache::new(move || {
-            let call = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if call == 0 {
-                    let refusal = BesenderErrorKind::Rejected {
-                        status: http::StatusCode::SERVICE_UNAVAILABLE,
-                        code: None,
-                        message: None,
-                    };
-                    return Err(BesenderError::new("http://127.0.0.1/t".into(), refusal)
-                        .with_retry_after(Some(Duration::from_secs(asked))));
-                }
-                Ok(Token::bearer("abc", Duration::from_secs(3600)))
-            }
-        });
+        let (cache, calls) =
+            cache_refused_once(0, Duration::from_secs(asked), Duration::from_secs(3600));
         let start = tokio::time::Instant::now();
         let err = cache.get().await.unwrap_err();
         assert_eq!(
@@ -117,33 +129,7 @@ async fn a_refusal_that_asks_to_wait_is_not_called_again_before_it_said() {
 /// fetch comes when the token runs out, not after it has been dead for the rest of the wait.
 #[tokio::test(start_paused = true)]
 async fn a_wait_asked_for_never_runs_a_valid_token_out() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    };
-
-    use crate::error::{BesenderError, BesenderErrorKind};
-
-    let calls = Arc::new(AtomicU32::new(0));
-    let counted = Arc::clone(&calls);
-    let cache = TokenCache::new(move || {
-        let call = counted.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if call == 1 {
-                let refusal = BesenderErrorKind::Rejected {
-                    status: http::StatusCode::TOO_MANY_REQUESTS,
-                    code: None,
-                    message: None,
-                };
-                return Err(BesenderError::new("http://127.0.0.1/t".into(), refusal)
-                    .with_retry_after(Some(Duration::from_secs(600))));
-            }
-            Ok(Token::bearer(
-                format!("token-{call}"),
-                Duration::from_secs(100),
-            ))
-        }
-    });
+    let (cache, calls) = cache_refused_once(1, Duration::from_secs(600), Duration::from_secs(100));
     let first = cache.get().await.unwrap();
     // Usable until 90 s (10 s margin); the refresh ahead is due by 70 s, and is refused.
     tokio::time::advance(Duration::from_secs(75)).await;
