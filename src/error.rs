@@ -67,7 +67,7 @@ pub enum BesenderErrorKind {
     Body,
     /// A successful answer's body is compressed (`Content-Encoding`), although the request
     /// asked for none (`Accept-Encoding: identity`). (A refusal is `Rejected`, whatever its
-    /// body.)
+    /// body: coded, too large or unreadable.)
     Encoded {
         /// The HTTP status of the answer.
         status: StatusCode,

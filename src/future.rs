@@ -364,8 +364,13 @@ where
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
                     // Never a second retry; the cache rate-limits the refresh a refusal asks for.
                     if !refusal.check(&response) {
-                        // Only a success vouches for the token: a 503 says nothing of it.
-                        let accepted = response.status().is_success();
+                        // Only a success vouches for the token: a 503, or a gRPC failure in
+                        // a trailers-only answer, says nothing of it.
+                        let accepted = response.status().is_success()
+                            && response
+                                .headers()
+                                .get("grpc-status")
+                                .is_none_or(|status| status.as_bytes().trim_ascii() == b"0");
                         TokenCache::retried(refusal.cache_id, refusal.generation, accepted);
                     }
                     return Poll::Ready(Ok(response));

@@ -381,6 +381,19 @@ async fn a_body_over_the_cap_is_refused_with_or_without_content_length() {
             &BesenderErrorKind::BodyTooLarge { limit: 64 * 1024 }
         );
     }
+    // A refusal with an oversize body is still the refusal, with the wait it asked for.
+    let huge = format!(r#"{{"padding":"{}"}}"#, "x".repeat(100 * 1024));
+    for reply in [
+        Reply::json(503, huge.clone()),
+        Reply::json(503, huge).chunked(),
+    ] {
+        let err = error_from(reply.header("retry-after", "7")).await;
+        assert!(
+            matches!(err.kind(), BesenderErrorKind::Rejected { status, code: None, .. } if status.as_u16() == 503),
+            "{err:?}"
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    }
 }
 
 #[tokio::test]

@@ -251,7 +251,20 @@ impl Inner {
             return Err(self.error(BesenderErrorKind::Encoded { status, encoding }));
         }
         let limit = self.max_response_bytes;
-        let too_large = || self.error(BesenderErrorKind::BodyTooLarge { limit });
+        // A refusal's body is only a detail: too large or unreadable, the refusal is still named
+        // by its status, with the wait it asked for.
+        let refusal = || {
+            self.error(BesenderErrorKind::Rejected {
+                status,
+                code: None,
+                message: None,
+            })
+            .with_retry_after(retry_after(&parts.headers))
+        };
+        let too_large = || match status.is_success() {
+            true => self.error(BesenderErrorKind::BodyTooLarge { limit }),
+            false => refusal(),
+        };
         let declared_len = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -262,7 +275,10 @@ impl Inner {
         let bytes = match read_capped(body, limit).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Err(too_large()),
-            Err(err) => return Err(self.error(BesenderErrorKind::Body).with_source(err)),
+            Err(err) if status.is_success() => {
+                return Err(self.error(BesenderErrorKind::Body).with_source(err));
+            }
+            Err(err) => return Err(refusal().with_source(err)),
         };
         let content_type = parts
             .headers

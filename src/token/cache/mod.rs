@@ -131,7 +131,8 @@ impl TokenCache {
     /// Call it when a server refused `token`. Returns whether it was evicted: `false` if another
     /// token is cached by now (a late refusal of an old token never evicts a new one), or if a
     /// forced refresh already ran within the minimum interval and `token` came from one that
-    /// no accepted retry has vouched for (a refusal that no new token can fix must not loop).
+    /// no successful retry has vouched for, or whose vouched-for exception was already used
+    /// within the interval (a refusal that no new token can fix must not loop).
     pub fn invalidate(&self, token: &Token) -> bool {
         self.shared
             .invalidate(|entry| entry.token.same_token(token))

@@ -398,7 +398,7 @@ impl Shared {
                 // What the endpoint asked for, but never past the valid token's usable time:
                 // waiting longer would run it out while the endpoint may be back.
                 let mut asked = asked_wait(&err);
-                if let Some(entry) = &control.entry {
+                if let Some(entry) = control.entry.as_ref().filter(|e| e.usable_at(now)) {
                     asked = asked.min(entry.usable_until.saturating_duration_since(now));
                 }
                 let delay = self.backoff(&mut control).max(asked);

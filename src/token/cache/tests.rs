@@ -74,11 +74,12 @@ async fn get_checks_the_clock_when_the_alarm_has_not_run() {
     assert!(!token.is_expired());
 }
 
-/// A cache whose source fails its call number `refused` (from 0) with HTTP 503 asking for
-/// `asked` (`Retry-After`), and otherwise issues `token-<call>` valid for `lifetime`; and the
-/// count of its calls.
+/// A cache whose source fails its call number `refused` (from 0), `after` it started, with
+/// HTTP 503 asking for `asked` (`Retry-After`), and otherwise issues `token-<call>` valid for
+/// `lifetime`; and the count of its calls.
 fn cache_refused_once(
     refused: u32,
+    after: Duration,
     asked: Duration,
     lifetime: Duration,
 ) -> (TokenCache, Arc<AtomicU32>) {
@@ -88,6 +89,7 @@ fn cache_refused_once(
         let call = counted.fetch_add(1, Ordering::SeqCst);
         async move {
             if call == refused {
+                tokio::time::sleep(after).await;
                 let refusal = BesenderErrorKind::Rejected {
                     status: http::StatusCode::SERVICE_UNAVAILABLE,
                     code: None,
@@ -106,8 +108,12 @@ fn cache_refused_once(
 #[tokio::test(start_paused = true)]
 async fn a_refusal_that_asks_to_wait_is_not_called_again_before_it_said() {
     for (asked, waited) in [(120, 120), (86_400, 600)] {
-        let (cache, calls) =
-            cache_refused_once(0, Duration::from_secs(asked), Duration::from_secs(3600));
+        let (cache, calls) = cache_refused_once(
+            0,
+            Duration::ZERO,
+            Duration::from_secs(asked),
+            Duration::from_secs(3600),
+        );
         let start = tokio::time::Instant::now();
         let err = cache.get().await.unwrap_err();
         assert_eq!(
@@ -129,15 +135,48 @@ async fn a_refusal_that_asks_to_wait_is_not_called_again_before_it_said() {
 /// fetch comes when the token runs out, not after it has been dead for the rest of the wait.
 #[tokio::test(start_paused = true)]
 async fn a_wait_asked_for_never_runs_a_valid_token_out() {
-    let (cache, calls) = cache_refused_once(1, Duration::from_secs(600), Duration::from_secs(100));
+    let (cache, calls) = cache_refused_once(
+        1,
+        Duration::ZERO,
+        Duration::from_secs(600),
+        Duration::from_secs(100),
+    );
     let first = cache.get().await.unwrap();
     // Usable until 90 s (10 s margin); the refresh ahead is due by 70 s, and is refused.
     tokio::time::advance(Duration::from_secs(75)).await;
     assert!(cache.get().await.unwrap().same_token(&first));
     tokio::task::yield_now().await;
     assert_eq!(calls.load(Ordering::SeqCst), 2, "refreshed ahead, refused");
-    tokio::time::advance(Duration::from_secs(20)).await;
+    // The wait is honoured while the token lasts: no call before 90 s.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(cache.get().await.unwrap().same_token(&first));
+    tokio::task::yield_now().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the asked wait was kept");
+    tokio::time::advance(Duration::from_secs(10)).await;
     let fresh = cache.get().await.expect("fetched when the token ran out");
     assert!(!fresh.same_token(&first));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+/// The same refresh refused only after the token ran out: nothing valid is left to protect, so
+/// the wait asked for is kept in full.
+#[tokio::test(start_paused = true)]
+async fn a_wait_asked_for_after_the_token_ran_out_is_kept() {
+    let (cache, calls) = cache_refused_once(
+        1,
+        Duration::from_secs(10),
+        Duration::from_secs(600),
+        Duration::from_secs(100),
+    );
+    let first = cache.get().await.unwrap();
+    tokio::time::advance(Duration::from_secs(85)).await;
+    assert!(cache.get().await.unwrap().same_token(&first));
+    // The refresh ahead, started by 85 s, is refused at 95 s, past the usable time (90 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert!(
+        cache.get().await.is_err(),
+        "held: the endpoint asked for 600 s"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
