@@ -58,11 +58,19 @@ impl ClassifyRefusal for DefaultClassifier {
     // Inlined into every response future: nearly every response takes the two cheap checks.
     #[inline]
     fn is_refusal(&self, status: StatusCode, headers: &HeaderMap) -> bool {
-        if let Some(grpc_status) = headers.get(&GRPC_STATUS) {
-            return grpc_status.as_bytes().trim_ascii() == GRPC_UNAUTHENTICATED;
+        if let Some(grpc_status) = grpc_status(headers) {
+            return grpc_status == GRPC_UNAUTHENTICATED;
         }
         status == StatusCode::UNAUTHORIZED && unauthorized_is_refusal(headers)
     }
+}
+
+/// The `grpc-status` in `headers` (a trailers-only gRPC answer), trimmed, if there is one.
+#[inline]
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(&GRPC_STATUS)
+        .map(|status| status.as_bytes().trim_ascii())
 }
 
 /// Whether a 401 may be fixed by a new token: not if `WWW-Authenticate` offers only other

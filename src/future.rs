@@ -26,7 +26,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
-    classify::Classifier,
+    classify::{Classifier, grpc_status},
     error::{BoxError, Error, TokenError},
     layer::Core,
     replay::{Replay, ReplayBody, Take},
@@ -367,10 +367,7 @@ where
                         // Only a success vouches for the token: a 503, or a gRPC failure in
                         // a trailers-only answer, says nothing of it.
                         let accepted = response.status().is_success()
-                            && response
-                                .headers()
-                                .get("grpc-status")
-                                .is_none_or(|status| status.as_bytes().trim_ascii() == b"0");
+                            && grpc_status(response.headers()).is_none_or(|s| s == b"0");
                         TokenCache::retried(refusal.cache_id, refusal.generation, accepted);
                     }
                     return Poll::Ready(Ok(response));

@@ -62,18 +62,7 @@ impl fmt::Debug for ClientId {
 
 macro_rules! client_id_from_integer {
     ($($t:ty),*) => {$(
-        impl From<$t> for ClientId {
-            fn from(n: $t) -> Self {
-                ClientId::Number(i64::from(n))
-            }
-        }
-    )*};
-}
-client_id_from_integer!(i8, i16, i32, i64, u8, u16, u32);
-
-macro_rules! client_id_from_wide_integer {
-    ($($t:ty),*) => {$(
-        /// A number as a JSON number; one past `i64::MAX` (no real ID) as its decimal text.
+        /// A number as a JSON number (one past `i64::MAX`, no real ID, as its decimal text).
         impl From<$t> for ClientId {
             fn from(n: $t) -> Self {
                 i64::try_from(n).map_or_else(|_| ClientId::Text(n.to_string()), ClientId::Number)
@@ -81,7 +70,7 @@ macro_rules! client_id_from_wide_integer {
         }
     )*};
 }
-client_id_from_wide_integer!(u64, usize, isize);
+client_id_from_integer!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
 
 impl From<&String> for ClientId {
     fn from(s: &String) -> Self {
