@@ -315,11 +315,9 @@ impl Shared {
         // is a new revocation. That exception itself at most once per interval, so that
         // backends that refuse and accept by turns (a stale one behind a load balancer) cost at
         // most two token calls per interval, not one per refusal.
+        let forced_recently = entry.origin == Origin::Forced && within(control.last_forced);
         let vouched = entry.retry_accepted.load(Ordering::Relaxed);
-        let limited = entry.origin == Origin::Forced
-            && within(control.last_forced)
-            && (!vouched || within(control.last_vouched_bypass));
-        if limited {
+        if forced_recently && (!vouched || within(control.last_vouched_bypass)) {
             control.stats.rate_limited_refreshes += 1;
             tracing::debug!(
                 "refused token came from a forced refresh moments ago; not refreshing again"
@@ -330,7 +328,8 @@ impl Shared {
             generation = entry.generation,
             "access token refused; refreshing"
         );
-        if entry.origin == Origin::Forced && within(control.last_forced) {
+        if forced_recently {
+            // Not limited, so this is the vouched-for exception.
             control.last_vouched_bypass = Some(now);
         }
         control.entry = None;
