@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use http::{HeaderMap, StatusCode};
 use tower_layer::Layer;
 
 use crate::{
@@ -134,9 +135,29 @@ impl BesenderAuthLayer {
     }
 
     /// How refusals are recognized. Default: [`DefaultClassifier`](crate::DefaultClassifier).
+    /// For a closure, [`classify_with`](Self::classify_with) spares annotating its arguments.
     pub fn classifier(mut self, classifier: impl ClassifyRefusal) -> Self {
         self.classifier = Classifier::Custom(Arc::new(classifier));
         self
+    }
+
+    /// Recognizes refusals with a closure: [`classifier`](Self::classifier) for closures, whose
+    /// argument types are then inferred (through `classifier`'s trait bound, Rust cannot infer
+    /// that the headers are borrowed for any lifetime).
+    ///
+    /// ```
+    /// use besender_auth::{BesenderAuthLayer, Token};
+    /// use http::StatusCode;
+    ///
+    /// // An API that answers 403 to expired tokens.
+    /// let layer = BesenderAuthLayer::new(Token::bearer_static("abc"))
+    ///     .classify_with(|status, _headers| status == StatusCode::FORBIDDEN);
+    /// ```
+    pub fn classify_with<F>(self, classify: F) -> Self
+    where
+        F: Fn(StatusCode, &HeaderMap) -> bool + Send + Sync + 'static,
+    {
+        self.classifier(classify)
     }
 
     /// The token cache the layer's services share.

@@ -622,3 +622,45 @@ fn debug_of_builder_and_source_never_shows_the_secret() {
         assert!(text.contains("[redacted]"), "{text}");
     }
 }
+
+/// A keep-alive connection is driven by a task on the runtime that opened it: reused from
+/// another runtime while that one sits idle (a synchronous wrapper's `current_thread` runtime
+/// between `block_on` calls), it would never answer, and the call would stall until its
+/// timeout. The built-in client keeps no idle connection.
+#[test]
+fn a_token_call_from_a_second_runtime_is_not_stalled_by_the_first_runtimes_connection() {
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The server on a runtime of its own thread, always driven.
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let server =
+                ScriptedServer::start(Reply::json(200, ok_body(&good_token_fields()))).await;
+            url_tx.send(server.url()).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    let source = BesenderTokenSource::builder(url_rx.recv().unwrap())
+        .client_id(19)
+        .client_secret(SECRET)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let first = current_thread();
+    first.block_on(source.fetch()).expect("the first call");
+    // `first` stays alive, and idle.
+    let started = std::time::Instant::now();
+    let second = current_thread().block_on(source.fetch());
+    let took = started.elapsed();
+    assert!(
+        second.is_ok() && took < Duration::from_secs(1),
+        "from a second runtime: {:?} after {took:?}",
+        second.map(|_| ()).map_err(|e| e.to_string())
+    );
+    drop(first);
+}

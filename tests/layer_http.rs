@@ -9,8 +9,8 @@ use std::{
 };
 
 use besender_auth::{
-    BesenderAuth, BesenderAuthLayer, BesenderError, BesenderTokenSource, Error, ReplayBody,
-    testing::FakeBesender,
+    BesenderAuth, BesenderAuthLayer, BesenderError, BesenderTokenSource, ClassifyRefusal, Error,
+    ReplayBody, testing::FakeBesender,
 };
 use bytes::Bytes;
 use common::{
@@ -300,6 +300,61 @@ async fn a_401_that_offers_only_basic_is_not_a_refusal_of_the_token() {
     assert_eq!(server.requests().len(), 3, "never retried");
     assert_eq!(source.calls(), 1, "the token was not evicted");
     assert_eq!(layer.stats().refusals, 0);
+}
+
+/// An API that signals a refused token with 403: a custom classifier, as a closure (whose
+/// argument types are inferred) or as a `ClassifyRefusal` type, makes it a refusal, and
+/// replaces the default: a 401 is then passed through.
+#[tokio::test]
+async fn a_custom_classifier_decides_what_is_a_refusal() {
+    struct Forbidden;
+    impl ClassifyRefusal for Forbidden {
+        fn is_refusal(&self, status: StatusCode, _headers: &http::HeaderMap) -> bool {
+            status == StatusCode::FORBIDDEN
+        }
+    }
+    for as_type in [false, true] {
+        let server = AuthServer::start().await;
+        server.refuse("token-1");
+        server.refuse_with(403);
+        let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+        let layer = BesenderAuthLayer::new(source.source());
+        let layer = match as_type {
+            false => layer.classify_with(|status, _headers| status == StatusCode::FORBIDDEN),
+            true => layer.classifier(Forbidden),
+        };
+        let service = layer.layer_service(hyper_client(false));
+        let response = send(&service, post(&server.url(), full_body("{}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "as a type: {as_type}");
+        let tokens: Vec<_> = server.seen().into_iter().map(|s| s.authorization).collect();
+        let expected = ["Bearer token-1", "Bearer token-2"].map(|t| Some(t.to_owned()));
+        assert_eq!(tokens, expected, "refused, then retried with a fresh token");
+        assert_eq!(layer.stats().successful_retries, 1);
+
+        // A 401 is no refusal to this classifier.
+        server.refuse("token-2");
+        server.refuse_with(401);
+        let response = send(&service, post(&server.url(), full_body("{}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(server.seen().len(), 3, "not retried");
+        assert_eq!(source.calls(), 2, "the token was not evicted");
+    }
+
+    // The default classifier: a 403 is not a refusal.
+    let server = AuthServer::start().await;
+    server.refuse("token-1");
+    server.refuse_with(403);
+    let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+    let service = BesenderAuthLayer::new(source.source()).layer_service(hyper_client(false));
+    let response = send(&service, post(&server.url(), full_body("{}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!((server.seen().len(), source.calls()), (1, 1));
 }
 
 /// The token a refusal's refresh brought, accepted by the server, is revoked in turn moments

@@ -255,6 +255,8 @@ pub struct AuthServer {
     refused: Arc<Mutex<Vec<String>>>,
     /// Refuse every other request, whatever its token (a stale backend behind a balancer).
     by_turns: Arc<std::sync::atomic::AtomicBool>,
+    /// The status of a refusal: 401 (with a `Bearer` challenge) unless told otherwise.
+    refusal_status: Arc<std::sync::atomic::AtomicU16>,
     task: JoinHandle<()>,
 }
 
@@ -267,6 +269,8 @@ impl AuthServer {
         let (log, deny) = (Arc::clone(&seen), Arc::clone(&refused));
         let by_turns = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let turns = Arc::clone(&by_turns);
+        let refusal_status = Arc::new(std::sync::atomic::AtomicU16::new(401));
+        let status = Arc::clone(&refusal_status);
         let task = serve(listener, move |parts, body| {
             let authorization = parts
                 .headers
@@ -292,11 +296,14 @@ impl AuthServer {
             };
             let mut response = if refused {
                 let mut r = Response::new(Chunks::exact(Bytes::new()));
-                *r.status_mut() = StatusCode::UNAUTHORIZED;
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
-                );
+                let status = status.load(std::sync::atomic::Ordering::SeqCst);
+                *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                if status == 401 {
+                    r.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                    );
+                }
                 r
             } else {
                 Response::new(Chunks::exact(body))
@@ -311,8 +318,15 @@ impl AuthServer {
             seen,
             refused,
             by_turns,
+            refusal_status,
             task,
         }
+    }
+
+    /// Refuses tokens with `status` from now on (401, with a `Bearer` challenge, by default).
+    pub fn refuse_with(&self, status: u16) {
+        self.refusal_status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// From now on refuses every other request (the 1st, 3rd, ... it has seen), whatever its

@@ -6,10 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioTimer},
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{Service, ServiceExt, util::BoxCloneSyncService};
 
 use super::{BesenderTokenSource, ClientId, ClientSecret, HttpClient, Inner, TOKEN_PATH};
@@ -125,6 +122,11 @@ impl BesenderTokenSourceBuilder {
     /// The client must not follow redirects: a redirect is reported as
     /// [`BesenderErrorKind::Redirect`](crate::BesenderErrorKind::Redirect) only if it reaches
     /// this source.
+    ///
+    /// If the source is used from more than one runtime, give it a client that keeps no idle
+    /// connection (`pool_max_idle_per_host(0)`, as the built-in one): a kept connection is
+    /// driven by a task on the runtime that opened it, and a call reusing it from another stalls
+    /// while that runtime is not driven.
     pub fn http_client<C, B>(mut self, client: C) -> Self
     where
         C: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -208,10 +210,14 @@ impl BesenderTokenSourceBuilder {
 }
 
 /// The built-in client: hyper-util's, over TLS (rustls, Mozilla's roots) with the `rustls`
-/// feature, plain HTTP without it.
+/// feature, plain HTTP without it. It keeps no idle connection: a token call comes about once
+/// a day, and a kept connection is driven by a task on the runtime that opened it, so a call
+/// from another runtime, while that one is alive but not driven (a synchronous wrapper's
+/// `current_thread` runtime between `block_on` calls), would reuse it and stall until its
+/// timeout.
 fn default_client() -> Result<HttpClient, ConfigError> {
     let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_timer(TokioTimer::new());
+    builder.pool_max_idle_per_host(0);
     #[cfg(feature = "rustls")]
     let client = builder.build::<_, Full<Bytes>>(tls::connector()?);
     #[cfg(not(feature = "rustls"))]
