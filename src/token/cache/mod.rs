@@ -265,7 +265,8 @@ pub struct CacheStats {
     pub fetches: u64,
     /// Fetches that failed.
     pub failed_fetches: u64,
-    /// Fetches started by a refusal ([`TokenCache::invalidate`]).
+    /// Refusals that evicted the served token and forced a refresh ([`TokenCache::invalidate`]):
+    /// a fetch started, or the one already running (a refresh ahead) joined.
     pub forced_refreshes: u64,
     /// Refusals that did not force a refresh because one ran within the minimum interval.
     pub rate_limited_refreshes: u64,
