@@ -228,6 +228,39 @@ async fn token_lifetime_can_change_while_running() {
     assert!(token.remaining() <= Duration::from_secs(90));
 }
 
+/// `expires_in` counts whole seconds: a lifetime with a fraction is announced rounded up, at
+/// least one second, and honoured for just what was announced (a 500 ms lifetime was sent as
+/// `expires_in: 0`, which the source rightly refuses; 2.9 s was announced as 2 s but honoured
+/// for 2.9 s).
+#[tokio::test(start_paused = true)]
+async fn a_fractional_token_lifetime_is_announced_and_honoured_in_whole_seconds() {
+    for (configured, announced) in [(500, 1), (2_900, 3), (3_000, 3)] {
+        let fake = FakeBesender::builder()
+            .token_lifetime(Duration::from_millis(configured))
+            .start()
+            .await
+            .unwrap();
+        let token = source_for(&fake).fetch().await.expect("a usable token");
+        let announced = Duration::from_secs(announced);
+        assert!(
+            token.remaining() <= announced
+                && token.remaining() > announced - Duration::from_millis(100),
+            "{configured} ms: remaining {:?}",
+            token.remaining()
+        );
+        tokio::time::advance(announced - Duration::from_millis(1)).await;
+        assert!(
+            fake.accepts(&token),
+            "{configured} ms: honoured while announced"
+        );
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(
+            !fake.accepts(&token),
+            "{configured} ms: expired when announced"
+        );
+    }
+}
+
 #[test]
 fn debug_never_shows_the_secret() {
     let builder = FakeBesender::builder().client_secret("hush-hush");

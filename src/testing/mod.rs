@@ -119,6 +119,8 @@ impl FakeBesenderBuilder {
     }
 
     /// The lifetime of issued tokens (`expires_in`). Default 24 h, as on the real platform.
+    /// `expires_in` counts whole seconds: a lifetime with a fraction of a second is rounded up,
+    /// to at least one second, and the server honours the token for exactly what it announced.
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.token_lifetime = lifetime;
         self
@@ -239,7 +241,8 @@ impl FakeBesender {
         self.state.lock().delay = delay;
     }
 
-    /// The lifetime of tokens issued from now on.
+    /// The lifetime of tokens issued from now on, rounded up to whole seconds as
+    /// [`FakeBesenderBuilder::token_lifetime`] says.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.state.lock().token_lifetime = lifetime;
     }

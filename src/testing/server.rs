@@ -178,7 +178,9 @@ impl FakeState {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut control = self.lock();
-        let lifetime = control.token_lifetime;
+        // `expires_in` counts whole seconds: the token lives as long as it says, rounded up.
+        let lifetime =
+            Duration::from_secs(control.token_lifetime.as_secs_f64().ceil().max(1.0) as u64);
         let header = base64url(br#"{"typ":"JWT","alg":"RS256"}"#);
         let claims = json!({
             "aud": self.client_id_text(),
