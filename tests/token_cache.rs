@@ -64,6 +64,35 @@ async fn seven_days_of_steady_load_fetch_once_per_lifetime_and_never_wait_after_
     assert_eq!(source.max_in_flight(), 1);
 }
 
+/// A caller that invalidates a refused token and then asks again waits for its own refresh:
+/// only the callers who join it after that are coalesced waits.
+#[tokio::test(start_paused = true)]
+async fn waiting_for_the_refresh_your_own_refusal_started_is_not_a_coalesced_wait() {
+    let source = TestSource::new(DAY, Duration::from_millis(500));
+    let cache = TokenCache::new(source.source());
+    let token = cache.get().await.unwrap();
+    assert!(cache.invalidate(&token));
+    let fresh = cache.get().await.unwrap();
+    assert!(!fresh.same_token(&token));
+    assert_eq!(cache.stats().coalesced_waits, 0, "{:?}", cache.stats());
+
+    // Three callers after the next refusal (past the minimum interval between forced
+    // refreshes): the first claims the refresh, two join it.
+    advance(Duration::from_secs(10)).await;
+    assert!(cache.invalidate(&fresh));
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get().await })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap().unwrap();
+    }
+    assert_eq!(source.calls(), 3);
+    assert_eq!(cache.stats().coalesced_waits, 2, "{:?}", cache.stats());
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropping_the_caller_that_started_the_fetch_neither_cancels_nor_repeats_it() {
     let source = TestSource::new(DAY, Duration::from_secs(2));

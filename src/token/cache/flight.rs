@@ -45,6 +45,10 @@ pub(super) struct RunningFlight {
     rx: watch::Receiver<FlightResult>,
     /// After this instant the fetch counts as stalled: waiters give up, and a new fetch may start.
     stalled_at: Instant,
+    /// Started by a refusal, with no caller waiting yet: its first waiter (the refused
+    /// request's retry, or a caller after `invalidate`) waits for its own refresh, not a
+    /// coalesced one.
+    pub(super) unclaimed: bool,
 }
 
 impl RunningFlight {
@@ -108,6 +112,7 @@ impl Shared {
             id,
             rx,
             stalled_at: deadline + STALL_SLACK,
+            unclaimed: origin == Origin::Forced,
         };
         let waiter = flight.waiter(fetch_timeout);
         control.flight = Some(flight);

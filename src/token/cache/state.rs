@@ -276,10 +276,14 @@ impl Shared {
             control.entry = None;
         }
         self.publish_check(&control);
-        if let Some(flight) = &control.flight {
+        if let Some(flight) = control.flight.as_mut() {
             let waiter = flight.waiter(self.config.fetch_timeout);
             if will_wait {
-                control.stats.coalesced_waits += 1;
+                if flight.unclaimed {
+                    flight.unclaimed = false;
+                } else {
+                    control.stats.coalesced_waits += 1;
+                }
             }
             return Lookup::Wait(waiter);
         }
