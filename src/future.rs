@@ -218,7 +218,9 @@ where
                                 return Poll::Ready(self.no_replay());
                             }
                         }
-                        Take::Held if may_wait => {
+                        // The wait is on a timer of the runtime polling this future: with
+                        // none, no wait.
+                        Take::Held if may_wait && tokio::runtime::Handle::try_current().is_ok() => {
                             // The server answered before the first attempt finished sending.
                             let released = self.retry.replay.released();
                             let wait = wait_released(released, self.retry.core.replay_wait);

@@ -1,14 +1,18 @@
 //! Fetches: one at a time, on a task of their own, shared by every waiter.
 
 use std::{
-    future::Future,
+    future::{Future, poll_fn},
     pin::{Pin, pin},
     sync::Arc,
     task::Poll,
     time::Duration,
 };
 
-use tokio::{runtime::Handle, sync::watch, time::Instant};
+use tokio::{
+    runtime::{self, Handle},
+    sync::watch,
+    time::{Instant, Sleep},
+};
 
 use super::state::{Entry, Origin, Shared};
 use crate::{
@@ -38,6 +42,9 @@ pub(super) type FlightResult = Option<Result<Arc<Entry>, TokenError>>;
 /// a timer of that runtime.
 const STALL_SLACK: Duration = Duration::from_secs(1);
 
+/// The least wait before a refresh ahead cancelled with its runtime is tried again.
+const MIN_REFRESH_RETRY: Duration = Duration::from_secs(1);
+
 /// The fetch running now, as the cache records it.
 #[derive(Clone)]
 pub(super) struct RunningFlight {
@@ -45,6 +52,8 @@ pub(super) struct RunningFlight {
     rx: watch::Receiver<FlightResult>,
     /// After this instant the fetch counts as stalled: waiters give up, and a new fetch may start.
     stalled_at: Instant,
+    /// The runtime the fetch's task runs on.
+    runtime: runtime::Id,
     /// Started by a refusal, with no caller waiting yet: its first waiter (the refused
     /// request's retry, or a caller after `invalidate`) waits for its own refresh, not a
     /// coalesced one.
@@ -58,10 +67,16 @@ impl RunningFlight {
         self.rx.has_changed().is_err() || now >= self.stalled_at
     }
 
+    /// The instant the fetch counts as stalled.
+    pub(super) fn stalled_at(&self) -> Instant {
+        self.stalled_at
+    }
+
     pub(super) fn waiter(&self, fetch_timeout: Duration) -> Flight {
         Flight {
             rx: self.rx.clone(),
             stalled_at: self.stalled_at,
+            runtime: self.runtime,
             fetch_timeout,
         }
     }
@@ -71,24 +86,63 @@ impl RunningFlight {
 pub(crate) struct Flight {
     rx: watch::Receiver<FlightResult>,
     stalled_at: Instant,
+    runtime: runtime::Id,
     fetch_timeout: Duration,
 }
 
 impl Flight {
-    /// Waits for the fetch to finish, on the waiter's own timer: a fetch stalled on a runtime
-    /// that is not driven cannot hold the waiter past its deadline.
+    /// Waits for the fetch to finish. A fetch whose runtime is not driven (one cache, several
+    /// runtimes) stalls, so a waiter on another runtime gives up at `stalled_at` on a timer of
+    /// the runtime it is polled on: made afresh when that runtime changes, since a timer kept
+    /// from an earlier poll may belong to a runtime that now sits idle (it would never fire) or
+    /// is gone (polling it would panic). A waiter on the fetch's own runtime needs no timer of
+    /// its own: that runtime is driven while it polls the waiter, so the fetch's own deadline
+    /// ends it (and on a runtime built without timers the fetch fails, and says so, where a
+    /// timer here would panic). With no runtime at all there is no timer: the caller gets
+    /// `NoRuntime`, as when no fetch runs.
     pub(crate) async fn wait(mut self) -> Result<Arc<Entry>, TokenError> {
-        let finished = self.rx.wait_for(Option::is_some);
-        match tokio::time::timeout_at(self.stalled_at, finished).await {
-            Ok(Ok(result)) => result
-                .clone()
-                .expect("wait_for returns only a finished result"),
-            // The task was dropped before it first ran (its runtime shut down).
-            Ok(Err(_closed)) => Err(TokenError::new(TokenErrorKind::Cancelled)),
-            Err(_stalled) => Err(TokenError::new(TokenErrorKind::Timeout {
-                after: self.fetch_timeout,
-            })),
-        }
+        let (stalled_at, fetch_runtime) = (self.stalled_at, self.runtime);
+        let stalled = TokenError::new(TokenErrorKind::Timeout {
+            after: self.fetch_timeout,
+        });
+        let mut finished = pin!(self.rx.wait_for(Option::is_some));
+        let mut timer: Option<(runtime::Id, Pin<Box<Sleep>>)> = None;
+        poll_fn(|cx| {
+            match finished.as_mut().poll(cx) {
+                Poll::Ready(Ok(result)) => {
+                    return Poll::Ready(
+                        result
+                            .clone()
+                            .expect("wait_for returns only a finished result"),
+                    );
+                }
+                // The task was dropped before it first ran (its runtime shut down).
+                Poll::Ready(Err(_closed)) => {
+                    return Poll::Ready(Err(TokenError::new(TokenErrorKind::Cancelled)));
+                }
+                Poll::Pending => {}
+            }
+            let Ok(here) = Handle::try_current().map(|handle| handle.id()) else {
+                return Poll::Ready(Err(TokenError::new(TokenErrorKind::NoRuntime)));
+            };
+            if here == fetch_runtime {
+                timer = None;
+                return Poll::Pending;
+            }
+            if Instant::now() >= stalled_at {
+                return Poll::Ready(Err(stalled.clone()));
+            }
+            let sleep = match &mut timer {
+                Some((id, sleep)) if *id == here => sleep,
+                _ => {
+                    &mut timer
+                        .insert((here, Box::pin(tokio::time::sleep_until(stalled_at))))
+                        .1
+                }
+            };
+            sleep.as_mut().poll(cx).map(|()| Err(stalled.clone()))
+        })
+        .await
     }
 }
 
@@ -112,6 +166,7 @@ impl Shared {
             id,
             rx,
             stalled_at: deadline + STALL_SLACK,
+            runtime: runtime.id(),
             unclaimed: origin == Origin::Forced,
         };
         let waiter = flight.waiter(fetch_timeout);
@@ -206,10 +261,22 @@ impl Drop for FlightGuard {
                 self.finish(Err(err));
             } else {
                 // Cancelled with its runtime: not the endpoint's fault, so no backoff. The next
-                // caller re-decides on the slow path (a refresh ahead may be due again).
+                // caller re-decides on the slow path. A refresh ahead (the token still good)
+                // is tried again only after half the token's remaining time (at least a
+                // second): a synchronous wrapper that makes a runtime per call cancels every
+                // refresh it starts, and retrying with each request would call the source once
+                // per request; this way, a few times per token lifetime (about 15 for a 24 h
+                // token), and a runtime shut down mid-refresh still leaves time for another.
                 let mut control = self.shared.lock();
                 if control.flight.as_ref().is_some_and(|f| f.id == self.id) {
                     control.flight = None;
+                    let now = Instant::now();
+                    if let Some(entry) = control.entry.as_ref().filter(|e| e.usable_at(now)) {
+                        let left = entry.usable_until() - now;
+                        let wait = (left / 2).max(MIN_REFRESH_RETRY).min(left);
+                        control.retry_at =
+                            Some(control.retry_at.map_or(now + wait, |at| at.max(now + wait)));
+                    }
                 }
                 self.shared.publish_check(&control);
                 drop(control);

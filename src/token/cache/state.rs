@@ -491,9 +491,12 @@ impl Shared {
             self.publish_check(control);
             return;
         }
-        // Next due: expiry while a refresh runs; otherwise the moment a refresh may start.
+        // Next due: while a refresh runs, expiry, or the instant the refresh counts as stalled
+        // if that comes first (its runtime may sit idle: readers then take the slow path, which
+        // gives it up and starts another, instead of serving the token until it runs out with
+        // no refresh coming); otherwise the moment a refresh may start.
         let next = match (&control.flight, control.retry_at) {
-            (Some(_), _) => entry.usable_until,
+            (Some(flight), _) => entry.usable_until.min(flight.stalled_at()),
             (None, retry_at) => entry
                 .refresh_at
                 .max(retry_at.unwrap_or(now))
