@@ -588,6 +588,39 @@ fn plain_http_is_refused_unless_loopback_or_allowed() {
     );
 }
 
+/// A server that quotes the refused request back writes the secret in its own encoding (PHP
+/// escapes `/` as `\/`, Go escapes `<`, `>` and `&`, a form percent-encodes it), and a gateway
+/// may quote the key it refused: none of them reach the error.
+#[tokio::test]
+async fn secrets_echoed_in_other_encodings_and_refused_gateway_keys_are_scrubbed() {
+    let secret = "Zm9v/YmFy+<cAREf>&Czu==";
+    let key = "gw-key-7f3a9c1e5b2d4f60";
+    for echoed in [
+        r#"{"client_id":19,"client_secret":"Zm9v\/YmFy+<cAREf>&Czu=="}"#,
+        r#"{"client_secret":"Zm9v/YmFy+\u003ccAREf\u003e\u0026Czu=="}"#,
+        "client_id=19&client_secret=Zm9v%2FYmFy%2B%3CcAREf%3E%26Czu%3D%3D",
+        "API key gw-key-7f3a9c1e5b2d4f60 is not allowed",
+    ] {
+        let body =
+            serde_json::json!({"code": 401, "message": format!("invalid: {echoed}"), "data": null});
+        let server = ScriptedServer::start(Reply::json(200, body.to_string())).await;
+        let err = BesenderTokenSource::builder(server.url())
+            .client_id(19)
+            .client_secret(secret)
+            .header("x-api-key", key)
+            .build()
+            .unwrap()
+            .fetch()
+            .await
+            .expect_err("refused");
+        let text = format!("{err} {err:?} {err:#?}");
+        for leaked in ["cAREf", "Czu", key] {
+            assert!(!text.contains(leaked), "{echoed}: {text}");
+        }
+        assert!(text.contains("[redacted]"), "{text}");
+    }
+}
+
 #[test]
 fn missing_credentials_and_bad_headers_are_configuration_errors() {
     let err = BesenderTokenSource::builder("http://127.0.0.1:9")

@@ -198,6 +198,10 @@ impl BesenderTokenSourceBuilder {
                 endpoint: Arc::from(uri.to_string()),
                 uri,
                 client_id,
+                redactions: super::redact::Redactions::new(
+                    &secret.0,
+                    self.headers.values().map(HeaderValue::as_bytes),
+                ),
                 secret,
                 body,
                 timeout: self.timeout,
@@ -257,7 +261,13 @@ mod tls {
 
 /// `{base}/open/api/v1/access_token`, checked.
 fn endpoint_uri(base_url: &str) -> Result<Uri, ConfigError> {
-    let bad = |why: &str| ConfigError::new(format!("base URL {base_url:?} {why}"));
+    // Shown only where it cannot hold credentials: a user part, a query or a fragment (even one
+    // that does not parse) may carry a password or a secret.
+    let shown = match base_url.contains(['@', '?', '#']) {
+        true => "(not shown: it may carry credentials)".to_owned(),
+        false => format!("{base_url:?}"),
+    };
+    let bad = |why: &str| ConfigError::new(format!("base URL {shown} {why}"));
     let base: Uri = base_url
         .trim()
         .parse()
@@ -328,6 +338,23 @@ mod tests {
         }
         let err = endpoint_uri("https://user:pw@h.example").unwrap_err();
         assert!(!err.to_string().contains("pw"));
+        // Nor where the URL fails an earlier check, or does not parse at all.
+        for base in [
+            "ftp://user:hunter2@h.example",
+            "user:hunter2@h.example",
+            "https://user:hunter 2@h.example",
+            "https://user:hunter2#x@h.example",
+            "https://h.example/?client_secret=hunter2",
+        ] {
+            let err = endpoint_uri(base).unwrap_err();
+            assert!(
+                !format!("{err} {err:?}").contains("hunter"),
+                "{base}: {err}"
+            );
+        }
+        // A URL that cannot hold credentials is named.
+        let err = endpoint_uri("ftp://h.example").unwrap_err();
+        assert!(err.to_string().contains("ftp://h.example"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! loopback unless explicitly allowed.
 
 mod builder;
+mod redact;
 mod response;
 
 pub use builder::BesenderTokenSourceBuilder;
@@ -128,6 +129,8 @@ struct Inner {
     uri: Uri,
     client_id: ClientId,
     secret: ClientSecret,
+    /// The secret and the extra headers' values, in every form to scrub from server text.
+    redactions: redact::Redactions,
     /// The request body, serialized once; it holds the secret, so it is never formatted.
     body: Bytes,
     timeout: Duration,
@@ -236,7 +239,7 @@ impl Inner {
                 .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
         });
         if let Some(encoding) = encoding.flatten() {
-            let encoding = response::echo(&String::from_utf8_lossy(encoding), &self.secret.0);
+            let encoding = response::echo(&String::from_utf8_lossy(encoding), &self.redactions);
             return Err(self.error(BesenderErrorKind::Encoded { status, encoding }));
         }
         let limit = self.max_response_bytes;
@@ -273,7 +276,7 @@ impl Inner {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let token = response::parse(status, content_type, &bytes, sent_at, &self.secret.0)
+        let token = response::parse(status, content_type, &bytes, sent_at, &self.redactions)
             .map_err(|(kind, source): response::ParseError| {
                 let wait = match kind {
                     BesenderErrorKind::Rejected { .. } => retry_after(&parts.headers),

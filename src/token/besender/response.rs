@@ -11,6 +11,7 @@ use http::StatusCode;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use super::redact::Redactions;
 use crate::{
     error::{BesenderErrorKind, BoxError},
     token::{MAX_TOKEN_LIFETIME, Token},
@@ -29,14 +30,14 @@ pub(crate) type ParseError = (BesenderErrorKind, Option<BoxError>);
 
 /// Turns a complete token response into a token that expires `expires_in` after `sent_at`.
 ///
-/// `secret` is scrubbed from any text the server sent back (a server that echoes the request
-/// must not leak it into our error messages).
+/// `secrets` are scrubbed from any text the server sent back (a server that echoes the request
+/// must not leak them into our error messages).
 pub(crate) fn parse(
     status: StatusCode,
     content_type: Option<&str>,
     body: &[u8],
     sent_at: Instant,
-    secret: &str,
+    secrets: &Redactions,
 ) -> Result<Token, ParseError> {
     let envelope: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
@@ -44,7 +45,7 @@ pub(crate) fn parse(
         Err(err) => {
             let kind = BesenderErrorKind::NotJson {
                 status,
-                content_type: content_type.map(|ct| echo(ct, secret)),
+                content_type: content_type.map(|ct| echo(ct, secrets)),
             };
             return Err((kind, Some(err.into())));
         }
@@ -61,8 +62,8 @@ pub(crate) fn parse(
         .get("message")
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
-        .map(|m| echo(m, secret))
-        .or_else(|| oauth_error(&envelope, secret));
+        .map(|m| echo(m, secrets))
+        .or_else(|| oauth_error(&envelope, secrets));
     if !status.is_success() {
         return Err((rejected(status, code, message), None));
     }
@@ -93,7 +94,7 @@ pub(crate) fn parse(
         Some(Value::String(t)) => {
             return Err((
                 BesenderErrorKind::UnsupportedTokenType {
-                    token_type: echo(t, secret),
+                    token_type: echo(t, secrets),
                 },
                 None,
             ));
@@ -167,7 +168,7 @@ fn expires_in(value: Option<&Value>) -> Result<Duration, ParseError> {
 
 /// An RFC 6749 §5.2 error (`{"error": "invalid_client", "error_description": "..."}`), as a
 /// gateway or an OAuth server in front of Besender answers, for an envelope with no `message`.
-fn oauth_error(envelope: &Map<String, Value>, secret: &str) -> Option<String> {
+fn oauth_error(envelope: &Map<String, Value>, secrets: &Redactions) -> Option<String> {
     let error = envelope
         .get("error")
         .and_then(Value::as_str)
@@ -180,7 +181,7 @@ fn oauth_error(envelope: &Map<String, Value>, secret: &str) -> Option<String> {
         Some(description) => format!("{error}: {description}"),
         None => error.to_owned(),
     };
-    Some(echo(&text, secret))
+    Some(echo(&text, secrets))
 }
 
 /// Besender's `code` as an integer; tolerates a numeric string.
@@ -230,26 +231,10 @@ fn invalid_owned(field: &'static str, reason: String) -> ParseError {
     (BesenderErrorKind::InvalidField { field, reason }, None)
 }
 
-/// Server text made safe to put in an error: the secret removed, control characters replaced,
-/// and the length capped.
-pub(crate) fn echo(text: &str, secret: &str) -> String {
-    let scrubbed = if secret.is_empty() {
-        text.to_owned()
-    } else {
-        // Also as it went out inside the JSON request (escaped), for a server that echoes the
-        // raw request body.
-        let escaped = serde_json::to_string(secret).unwrap_or_default();
-        let escaped = escaped
-            .strip_prefix('"')
-            .and_then(|e| e.strip_suffix('"'))
-            .unwrap_or_default();
-        let scrubbed = text.replace(secret, "[redacted]");
-        if escaped.is_empty() || escaped == secret {
-            scrubbed
-        } else {
-            scrubbed.replace(escaped, "[redacted]")
-        }
-    };
+/// Server text made safe to put in an error: the secrets removed (see [`Redactions`]), control
+/// characters replaced, and the length capped.
+pub(crate) fn echo(text: &str, secrets: &Redactions) -> String {
+    let scrubbed = secrets.scrub(text);
     let mut out: String = scrubbed
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
