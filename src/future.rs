@@ -14,8 +14,8 @@
 
 use std::{
     fmt,
-    future::Future,
-    pin::Pin,
+    future::{Future, poll_fn},
+    pin::{Pin, pin},
     sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
@@ -23,10 +23,12 @@ use std::{
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::{
     classify::{Classifier, grpc_status},
+    deadline::Deadline,
     error::{BoxError, Error, TokenError},
     layer::Core,
     replay::{Replay, ReplayBody, Take},
@@ -218,9 +220,7 @@ where
                                 return Poll::Ready(self.no_replay());
                             }
                         }
-                        // The wait is on a timer of the runtime polling this future: with
-                        // none, no wait.
-                        Take::Held if may_wait && tokio::runtime::Handle::try_current().is_ok() => {
+                        Take::Held if may_wait => {
                             // The server answered before the first attempt finished sending.
                             let released = self.retry.replay.released();
                             let wait = wait_released(released, self.retry.core.replay_wait);
@@ -300,8 +300,19 @@ where
     }
 }
 
+/// Whether the first attempt let go of the body within `timeout`. On a timer of the runtime
+/// polling the wait (a [`Deadline`]: the response future may be polled on another runtime
+/// later); outside any runtime, no wait.
 async fn wait_released(released: impl Future<Output = ()>, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, released).await.is_ok()
+    let mut released = pin!(released);
+    let mut deadline = Deadline::new(Instant::now() + timeout);
+    poll_fn(|cx| {
+        if released.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        deadline.poll_elapsed(cx).map(|_| false)
+    })
+    .await
 }
 
 impl<F, S, B, ResBody> Future for ResponseFuture<F, S, B>

@@ -87,6 +87,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod classify;
+mod deadline;
 mod error;
 mod future;
 mod head;

@@ -9,13 +9,14 @@ use std::{
 };
 
 use tokio::{
-    runtime::{self, Handle},
+    runtime::{self, Handle, RuntimeFlavor},
     sync::watch,
-    time::{Instant, Sleep},
+    time::Instant,
 };
 
 use super::state::{Entry, Origin, Shared};
 use crate::{
+    deadline::{Deadline, NoRuntime},
     error::{BoxError, TokenError, TokenErrorKind},
     token::{Token, TokenSource},
 };
@@ -92,21 +93,21 @@ pub(crate) struct Flight {
 
 impl Flight {
     /// Waits for the fetch to finish. A fetch whose runtime is not driven (one cache, several
-    /// runtimes) stalls, so a waiter on another runtime gives up at `stalled_at` on a timer of
-    /// the runtime it is polled on: made afresh when that runtime changes, since a timer kept
-    /// from an earlier poll may belong to a runtime that now sits idle (it would never fire) or
-    /// is gone (polling it would panic). A waiter on the fetch's own runtime needs no timer of
-    /// its own: that runtime is driven while it polls the waiter, so the fetch's own deadline
-    /// ends it (and on a runtime built without timers the fetch fails, and says so, where a
-    /// timer here would panic). With no runtime at all there is no timer: the caller gets
-    /// `NoRuntime`, as when no fetch runs.
+    /// runtimes) stalls, so a waiter gives up at `stalled_at`, on a timer of the runtime polling
+    /// it (a [`Deadline`]: one kept from an earlier poll may be on a runtime that now sits idle
+    /// or is gone). A waiter polled on the fetch's own runtime needs no timer when that is a
+    /// multi-thread runtime: its workers drive it, so the fetch's own deadline ends the wait
+    /// (and on one built without timers the fetch fails and says so, where a timer here would
+    /// panic). A `current_thread` runtime may be entered without being driven
+    /// (`Handle::block_on`), so there the waiter keeps its timer. With no runtime at all there
+    /// is no timer: the caller gets `NoRuntime`, as when no fetch runs.
     pub(crate) async fn wait(mut self) -> Result<Arc<Entry>, TokenError> {
-        let (stalled_at, fetch_runtime) = (self.stalled_at, self.runtime);
+        let fetch_runtime = self.runtime;
         let stalled = TokenError::new(TokenErrorKind::Timeout {
             after: self.fetch_timeout,
         });
         let mut finished = pin!(self.rx.wait_for(Option::is_some));
-        let mut timer: Option<(runtime::Id, Pin<Box<Sleep>>)> = None;
+        let mut deadline = Deadline::new(self.stalled_at);
         poll_fn(|cx| {
             match finished.as_mut().poll(cx) {
                 Poll::Ready(Ok(result)) => {
@@ -122,25 +123,21 @@ impl Flight {
                 }
                 Poll::Pending => {}
             }
-            let Ok(here) = Handle::try_current().map(|handle| handle.id()) else {
-                return Poll::Ready(Err(TokenError::new(TokenErrorKind::NoRuntime)));
-            };
-            if here == fetch_runtime {
-                timer = None;
+            let driven_fetch_runtime = Handle::try_current().is_ok_and(|here| {
+                here.id() == fetch_runtime
+                    && matches!(here.runtime_flavor(), RuntimeFlavor::MultiThread)
+            });
+            if driven_fetch_runtime {
+                deadline.disarm();
                 return Poll::Pending;
             }
-            if Instant::now() >= stalled_at {
-                return Poll::Ready(Err(stalled.clone()));
-            }
-            let sleep = match &mut timer {
-                Some((id, sleep)) if *id == here => sleep,
-                _ => {
-                    &mut timer
-                        .insert((here, Box::pin(tokio::time::sleep_until(stalled_at))))
-                        .1
+            match deadline.poll_elapsed(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) => Poll::Ready(Err(stalled.clone())),
+                Poll::Ready(Err(NoRuntime)) => {
+                    Poll::Ready(Err(TokenError::new(TokenErrorKind::NoRuntime)))
                 }
-            };
-            sleep.as_mut().poll(cx).map(|()| Err(stalled.clone()))
+            }
         })
         .await
     }
@@ -274,8 +271,7 @@ impl Drop for FlightGuard {
                     if let Some(entry) = control.entry.as_ref().filter(|e| e.usable_at(now)) {
                         let left = entry.usable_until() - now;
                         let wait = (left / 2).max(MIN_REFRESH_RETRY).min(left);
-                        control.retry_at =
-                            Some(control.retry_at.map_or(now + wait, |at| at.max(now + wait)));
+                        control.ahead_after = Some(now + wait);
                     }
                 }
                 self.shared.publish_check(&control);

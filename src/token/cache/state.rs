@@ -125,6 +125,10 @@ pub(super) struct Control {
     pub(super) last_error: Option<TokenError>,
     /// No fetch starts before this instant (except a forced one), after a failure.
     pub(super) retry_at: Option<Instant>,
+    /// No refresh ahead starts before this instant, after one was cancelled with its runtime
+    /// (see `FlightGuard`). Apart from `retry_at`: it must not hold back a fetch the token's
+    /// eviction makes needed, nor make an old error count as held.
+    pub(super) ahead_after: Option<Instant>,
     /// When the last forced refresh started.
     pub(super) last_forced: Option<Instant>,
     /// When a refusal of a vouched-for token last bypassed the rate limit (see `invalidate`).
@@ -193,6 +197,7 @@ impl Shared {
                 failures: 0,
                 last_error: None,
                 retry_at: None,
+                ahead_after: None,
                 last_forced: None,
                 last_vouched_bypass: None,
                 alarm: None,
@@ -260,7 +265,9 @@ impl Shared {
         control.reap_dead_flight(now);
         if let Some(entry) = control.entry.clone() {
             if now < entry.usable_until {
-                let due = control.retry_at.is_none_or(|at| now >= at);
+                let due = [control.retry_at, control.ahead_after]
+                    .iter()
+                    .all(|at| at.is_none_or(|at| now >= at));
                 if now >= entry.refresh_at && control.flight.is_none() && due {
                     tracing::debug!(
                         remaining = ?entry.usable_until - now,
@@ -385,6 +392,7 @@ impl Shared {
                 control.failures = 0;
                 control.last_error = None;
                 control.retry_at = None;
+                control.ahead_after = None;
                 self.publish_valid(&mut control, &entry, now);
                 Some(Ok(entry))
             }
@@ -500,6 +508,7 @@ impl Shared {
             (None, retry_at) => entry
                 .refresh_at
                 .max(retry_at.unwrap_or(now))
+                .max(control.ahead_after.unwrap_or(now))
                 .min(entry.usable_until),
         };
         let Some(driven) = self.arm(control, next) else {
