@@ -16,7 +16,8 @@ use std::{
 };
 
 use besender_auth::{
-    BesenderAuthLayer, Error, ReplayBody, Token, TokenCache, TokenErrorKind, TokenSource,
+    BesenderAuthLayer, Error, ReplayBody, Token, TokenCache, TokenCacheBuilder, TokenErrorKind,
+    TokenSource,
 };
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
@@ -83,6 +84,15 @@ fn paused_runtime_later(by: Duration) -> Runtime {
         .unwrap();
     runtime.block_on(tokio::time::advance(by));
     runtime
+}
+
+/// A cache whose tokens are usable for their whole lifetime and refreshed from half-way, with
+/// no jitter: the instants the tests name are the instants the cache acts.
+fn refresh_from_half_way(source: impl TokenSource) -> TokenCacheBuilder {
+    TokenCache::builder(source)
+        .expiry_margin(Duration::ZERO)
+        .refresh_window(0.5, Duration::ZERO)
+        .refresh_jitter(0.0)
 }
 
 type Inner = tower::util::ServiceFn<
@@ -209,10 +219,7 @@ fn a_refresh_ahead_stranded_on_an_idle_runtime_is_replaced_before_the_token_runs
     const LIFETIME: Duration = Duration::from_secs(60);
     let (source, calls) = counting_source(Duration::from_millis(10), LIFETIME);
     // Usable for all 60 s; refresh from 30 s; a fetch counts as stalled 3 s after it starts.
-    let cache = TokenCache::builder(source)
-        .expiry_margin(Duration::ZERO)
-        .refresh_window(0.5, Duration::ZERO)
-        .refresh_jitter(0.0)
+    let cache = refresh_from_half_way(source)
         .fetch_timeout(Duration::from_secs(2))
         .build();
     let first = paused_runtime_later(Duration::ZERO);
@@ -244,11 +251,7 @@ fn a_refresh_ahead_stranded_on_an_idle_runtime_is_replaced_before_the_token_runs
 fn a_runtime_per_call_does_not_call_the_source_once_per_request() {
     const LIFETIME: Duration = Duration::from_secs(60);
     let (source, calls) = counting_source(Duration::from_millis(100), LIFETIME);
-    let cache = TokenCache::builder(source)
-        .expiry_margin(Duration::ZERO)
-        .refresh_window(0.5, Duration::ZERO)
-        .refresh_jitter(0.0)
-        .build();
+    let cache = refresh_from_half_way(source).build();
     // Each request does 5 ms of its own I/O: long enough for the refresh's task to start.
     let inner = service_fn(|_request: Request<ReplayBody<Empty<Bytes>>>| async {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -296,11 +299,7 @@ fn a_cancelled_refresh_never_makes_an_old_error_held_after_the_token_is_evicted(
             }
         }
     };
-    let cache = TokenCache::builder(source)
-        .expiry_margin(Duration::ZERO)
-        .refresh_window(0.5, Duration::ZERO)
-        .refresh_jitter(0.0)
-        .build();
+    let cache = refresh_from_half_way(source).build();
     let token = paused_runtime_later(Duration::ZERO)
         .block_on(cache.get())
         .unwrap();
