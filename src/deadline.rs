@@ -50,9 +50,4 @@ impl Deadline {
         };
         sleep.as_mut().poll(cx).map(Ok)
     }
-
-    /// Drops the timer, if one is kept: the wait needs none for now.
-    pub(crate) fn disarm(&mut self) {
-        self.timer = None;
-    }
 }

@@ -7,7 +7,7 @@ use std::{
     future::{Future, ready},
     pin::pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll, Wake, Waker},
@@ -20,8 +20,8 @@ use besender_auth::{
     TokenSource,
 };
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header::AUTHORIZATION};
-use http_body_util::{Empty, Full};
+use http::{Request, Response};
+use http_body_util::Empty;
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -150,25 +150,6 @@ fn a_caller_without_a_runtime_gets_an_error_while_a_fetch_runs_elsewhere() {
     let response = block_on_without_tokio(service.oneshot(get()));
     assert!(response.is_ok());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-}
-
-/// On a multi-thread runtime built without timers the fetch fails with an error that says so,
-/// instead of the waiter panicking in Tokio's timer. (A `current_thread` runtime may be entered
-/// without being driven, so a waiter there keeps a timer of its own, and Tokio panics without
-/// timers, as it does for any timer.)
-#[test]
-fn a_runtime_without_timers_gets_an_error_not_a_panic() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .build()
-        .unwrap();
-    let cache = TokenCache::new(|| async {
-        Ok::<_, Infallible>(Token::bearer("token", Duration::from_secs(3600)))
-    });
-    let err = runtime
-        .block_on(cache.get())
-        .expect_err("no timer for the fetch timeout");
-    assert!(err.to_string().contains("enable_time"), "{err}");
 }
 
 /// A service began waiting for a fetch (running on the application's runtime) on a runtime of
@@ -329,102 +310,27 @@ fn a_cancelled_refresh_never_makes_an_old_error_held_after_the_token_is_evicted(
     );
 }
 
-/// An inner service that refuses `token-1` at once while it keeps the request's body (as a
-/// client still sending it does), and accepts any other token; over a cache issuing
-/// `token-1`, `token-2`, ... Its response futures depend on no runtime (as a `Buffer`'s).
-type Held = Arc<Mutex<Option<ReplayBody<Full<Bytes>>>>>;
-
-fn holding_service(
-    replay_wait: Duration,
-) -> (
-    impl Service<Request<Full<Bytes>>, Response = Response<()>, Error = Error, Future: Send + 'static>
-    + Clone,
-    Held,
-) {
-    let n = Arc::new(AtomicU64::new(0));
-    let cache = TokenCache::new(move || {
-        let n = n.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            Ok::<_, Infallible>(Token::bearer(
-                format!("token-{n}"),
-                Duration::from_secs(3600),
-            ))
-        }
-    });
-    let held = Arc::new(Mutex::new(None));
-    let keep = Arc::clone(&held);
-    let inner = service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
-        let mut response = Response::new(());
-        if request.headers()[AUTHORIZATION] == "Bearer token-1" {
-            *keep.lock().unwrap() = Some(request.into_body());
-            *response.status_mut() = StatusCode::UNAUTHORIZED;
-        }
-        ready(Ok::<_, Infallible>(response))
-    });
-    let service = BesenderAuthLayer::from_cache(cache)
-        .replay_wait(replay_wait)
-        .layer(inner);
-    (service, held)
-}
-
-fn post() -> Request<Full<Bytes>> {
-    Request::post("http://api.example/")
-        .body(Full::new(Bytes::from_static(b"payload")))
-        .unwrap()
-}
-
-/// A refused request's retry waits for the first attempt to let go of the body. That wait
-/// began on a runtime of its own call, which gave up and was dropped; the response future is
-/// then polled on the next runtime. Its timer must be that runtime's (the kept one panicked).
+/// A source that blocks its thread (a blocking call inside `async`) cannot notice its own
+/// deadline; a waiter on the same multi-thread runtime still gives up when the fetch counts as
+/// stalled, on its own timer, which another worker drives.
 #[test]
-fn a_replay_wait_begun_on_a_runtime_since_dropped_goes_on_on_the_next() {
-    let (service, held) = holding_service(Duration::from_secs(5));
-    let per_call = current_thread();
-    let mut service = service.clone();
-    per_call
-        .block_on(async { service.ready().await.map(|_| ()) })
+fn a_waiter_gives_up_on_a_source_that_blocks_its_thread() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
         .unwrap();
-    let mut response = Box::pin(service.call(post()));
-    let gave_up = per_call
-        .block_on(async { tokio::time::timeout(Duration::from_millis(50), &mut response).await });
-    assert!(gave_up.is_err(), "the retry waits for the body");
-    drop(per_call);
-
-    let next = current_thread();
-    let response = next.block_on(async {
-        let held = Arc::clone(&held);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            held.lock().unwrap().take();
-        });
-        tokio::time::timeout(Duration::from_secs(20), &mut response)
-            .await
-            .expect("the wait hung")
-    });
-    assert_eq!(
-        response.unwrap().status(),
-        StatusCode::OK,
-        "retried once released"
+    let cache = TokenCache::builder(|| async {
+        thread::sleep(Duration::from_secs(2));
+        Ok::<_, Infallible>(Token::bearer("token", Duration::from_secs(3600)))
+    })
+    .fetch_timeout(Duration::from_millis(200))
+    .build();
+    let err = runtime
+        .block_on(cache.get())
+        .expect_err("given up at the stall, 1.2 s in, not served 2 s in");
+    assert!(
+        matches!(err.kind(), TokenErrorKind::Timeout { .. }),
+        "{err}"
     );
-}
-
-/// The same wait, begun on a runtime that then sits idle, with a body never let go of: it
-/// still ends after `replay_wait` with the refusal (its timer on the idle runtime never fired).
-#[test]
-fn a_replay_wait_begun_on_an_idle_runtime_still_ends_after_replay_wait() {
-    let (service, _held) = holding_service(Duration::from_millis(200));
-    let idle = current_thread();
-    let mut service = service.clone();
-    idle.block_on(async { service.ready().await.map(|_| ()) })
-        .unwrap();
-    let mut response = Box::pin(service.call(post()));
-    let gave_up = idle
-        .block_on(async { tokio::time::timeout(Duration::from_millis(50), &mut response).await });
-    assert!(gave_up.is_err(), "the retry waits for the body");
-
-    let response = current_thread()
-        .block_on(async { tokio::time::timeout(Duration::from_secs(20), &mut response).await })
-        .expect("the wait never ended");
-    assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
-    drop(idle);
 }

@@ -8,11 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    runtime::{self, Handle, RuntimeFlavor},
-    sync::watch,
-    time::Instant,
-};
+use tokio::{runtime::Handle, sync::watch, time::Instant};
 
 use super::state::{Entry, Origin, Shared};
 use crate::{
@@ -53,8 +49,6 @@ pub(super) struct RunningFlight {
     rx: watch::Receiver<FlightResult>,
     /// After this instant the fetch counts as stalled: waiters give up, and a new fetch may start.
     stalled_at: Instant,
-    /// The runtime the fetch's task runs on.
-    runtime: runtime::Id,
     /// Started by a refusal, with no caller waiting yet: its first waiter (the refused
     /// request's retry, or a caller after `invalidate`) waits for its own refresh, not a
     /// coalesced one.
@@ -77,7 +71,6 @@ impl RunningFlight {
         Flight {
             rx: self.rx.clone(),
             stalled_at: self.stalled_at,
-            runtime: self.runtime,
             fetch_timeout,
         }
     }
@@ -87,22 +80,17 @@ impl RunningFlight {
 pub(crate) struct Flight {
     rx: watch::Receiver<FlightResult>,
     stalled_at: Instant,
-    runtime: runtime::Id,
     fetch_timeout: Duration,
 }
 
 impl Flight {
     /// Waits for the fetch to finish. A fetch whose runtime is not driven (one cache, several
-    /// runtimes) stalls, so a waiter gives up at `stalled_at`, on a timer of the runtime polling
-    /// it (a [`Deadline`]: one kept from an earlier poll may be on a runtime that now sits idle
-    /// or is gone). A waiter polled on the fetch's own runtime needs no timer when that is a
-    /// multi-thread runtime: its workers drive it, so the fetch's own deadline ends the wait
-    /// (and on one built without timers the fetch fails and says so, where a timer here would
-    /// panic). A `current_thread` runtime may be entered without being driven
-    /// (`Handle::block_on`), so there the waiter keeps its timer. With no runtime at all there
-    /// is no timer: the caller gets `NoRuntime`, as when no fetch runs.
+    /// runtimes), or whose source blocks its thread, stalls, so a waiter gives up at
+    /// `stalled_at`, on a timer of the runtime polling it (a [`Deadline`]: one kept from an
+    /// earlier poll may be on a runtime that now sits idle or is gone). Like any Tokio timer, it
+    /// needs a runtime with timers enabled. With no runtime at all there is no timer: the caller
+    /// gets `NoRuntime`, as when no fetch runs.
     pub(crate) async fn wait(mut self) -> Result<Arc<Entry>, TokenError> {
-        let fetch_runtime = self.runtime;
         let stalled = TokenError::new(TokenErrorKind::Timeout {
             after: self.fetch_timeout,
         });
@@ -122,14 +110,6 @@ impl Flight {
                     return Poll::Ready(Err(TokenError::new(TokenErrorKind::Cancelled)));
                 }
                 Poll::Pending => {}
-            }
-            let driven_fetch_runtime = Handle::try_current().is_ok_and(|here| {
-                here.id() == fetch_runtime
-                    && matches!(here.runtime_flavor(), RuntimeFlavor::MultiThread)
-            });
-            if driven_fetch_runtime {
-                deadline.disarm();
-                return Poll::Pending;
             }
             match deadline.poll_elapsed(cx) {
                 Poll::Pending => Poll::Pending,
@@ -163,7 +143,6 @@ impl Shared {
             id,
             rx,
             stalled_at: deadline + STALL_SLACK,
-            runtime: runtime.id(),
             unclaimed: origin == Origin::Forced,
         };
         let waiter = flight.waiter(fetch_timeout);

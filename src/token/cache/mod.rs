@@ -47,7 +47,10 @@ use crate::error::TokenError;
 ///   [`Token`] (shared reference counts).
 /// - **Single flight.** When no valid token is cached, exactly one fetch runs, on a task of its
 ///   own; every caller awaits that fetch. Dropping a caller, the one that started the fetch
-///   included, neither cancels it nor starts another.
+///   included, neither cancels it nor starts another. Fetching and waiting need a Tokio
+///   runtime with timers enabled (`enable_all`, as `#[tokio::main]` does); a caller outside
+///   any runtime gets [`TokenErrorKind::NoRuntime`](crate::TokenErrorKind::NoRuntime) whenever
+///   it would have to wait.
 /// - **Refresh ahead.** Inside a window before expiry (by default the last 10% of the lifetime,
 ///   at least 60 s, at most half the lifetime, moved earlier by up to half the window of random
 ///   jitter, never before half-way through the lifetime) a background refresh starts; every
