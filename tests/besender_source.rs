@@ -600,6 +600,9 @@ async fn secrets_echoed_in_other_encodings_and_refused_gateway_keys_are_scrubbed
         r#"{"client_secret":"Zm9v/YmFy+\u003ccAREf\u003e\u0026Czu=="}"#,
         "client_id=19&client_secret=Zm9v%2FYmFy%2B%3CcAREf%3E%26Czu%3D%3D",
         "API key gw-key-7f3a9c1e5b2d4f60 is not allowed",
+        // .NET's default encoder, uppercase escapes, a WHATWG form.
+        r#"{"client_secret":"Zm9v/YmFy\u002B\u003CcAREf\u003E\u0026Czu=="}"#,
+        "client_secret=Zm9v%2FYmFy%2B%3CcAREf%3E%26Czu%3D%3D&grant_type=client_credentials",
     ] {
         let body =
             serde_json::json!({"code": 401, "message": format!("invalid: {echoed}"), "data": null});
@@ -619,6 +622,26 @@ async fn secrets_echoed_in_other_encodings_and_refused_gateway_keys_are_scrubbed
         }
         assert!(text.contains("[redacted]"), "{text}");
     }
+}
+
+/// Only credential headers are scrubbed: an ordinary header value stays readable in messages.
+#[tokio::test]
+async fn an_ordinary_header_value_is_not_cut_out_of_messages() {
+    let body = r#"{"code":401,"message":"client 19 is not enabled in production","data":null}"#;
+    let server = ScriptedServer::start(Reply::json(200, body)).await;
+    let err = BesenderTokenSource::builder(server.url())
+        .client_id(19)
+        .client_secret(SECRET)
+        .header("x-tenant", "production")
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("not enabled in production"),
+        "{err}"
+    );
 }
 
 #[test]

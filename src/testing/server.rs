@@ -179,8 +179,9 @@ impl FakeState {
             .map_or(0, |d| d.as_secs());
         let mut control = self.lock();
         // `expires_in` counts whole seconds: the token lives as long as it says, rounded up.
-        let lifetime =
-            Duration::from_secs(control.token_lifetime.as_secs_f64().ceil().max(1.0) as u64);
+        let configured = control.token_lifetime;
+        let seconds = configured.as_secs() + u64::from(configured.subsec_nanos() > 0);
+        let lifetime = Duration::from_secs(seconds.max(1));
         let header = base64url(br#"{"typ":"JWT","alg":"RS256"}"#);
         let claims = json!({
             "aud": self.client_id_text(),

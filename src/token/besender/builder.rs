@@ -87,7 +87,10 @@ impl BesenderTokenSourceBuilder {
 
     /// Adds a header to every token request (for example a gateway key). `Content-Type` and
     /// `Accept` are always `application/json`. An invalid name or value is reported by
-    /// [`build`](Self::build).
+    /// [`build`](Self::build). The value is sent marked sensitive; if the name says it carries
+    /// a credential (it contains `auth`, `key`, `token`, `secret`, `pass`, `cookie`, `sign`,
+    /// `credential` or `session`), the value is also scrubbed from any server text an error
+    /// quotes, as the client secret is.
     pub fn header<K, V>(mut self, name: K, value: V) -> Self
     where
         K: TryInto<HeaderName>,
@@ -198,10 +201,7 @@ impl BesenderTokenSourceBuilder {
                 endpoint: Arc::from(uri.to_string()),
                 uri,
                 client_id,
-                redactions: super::redact::Redactions::new(
-                    &secret.0,
-                    self.headers.values().map(HeaderValue::as_bytes),
-                ),
+                redactions: super::redact::Redactions::new(&secret.0, &self.headers),
                 secret,
                 body,
                 timeout: self.timeout,

@@ -1,161 +1,250 @@
-//! What text from the token endpoint must never show: the client secret and the extra headers'
-//! values (a gateway key), in every form a server may echo them in.
+//! What text from the token endpoint must never show: the client secret, and the values of the
+//! extra headers that carry credentials (a gateway key), however the server encoded them.
 //!
-//! A server that quotes the rejected request back (its body, a query string it was sent, the
-//! key it refused) writes the secret in its own encoding: JSON escapes differ between
-//! encoders (PHP writes `/` as `\/`, Go writes `<`, `>` and `&` as `\u003c`..), and a form or
-//! URL carries it percent-encoded. Each secret is removed in all of these forms.
+//! A server that quotes the refused request back (its body, a query string, the key it
+//! refused) writes the secret in its own encoding, and encoders differ: JSON escapes (`\/`,
+//! `\u002B`, `\u00E9` in either case, surrogate pairs), percent-encoding (either case, with or
+//! without `+` for a space), and either of those applied to the other. Rather than list every
+//! encoder's output, the text is decoded (up to twice) into views that remember, for each
+//! decoded byte, the span of the text it came from; a secret found in any view hides those
+//! spans.
+
+use http::{HeaderName, HeaderValue};
 
 const REDACTED: &str = "[redacted]";
 
-/// Extra header values shorter than this are not scrubbed: too short to be a key, and
-/// scrubbing them (a tenant id `19`) would cut words out of every message.
-const MIN_HEADER_SECRET: usize = 8;
+/// Extra headers whose values are scrubbed: names that say they carry a credential. Others (a
+/// tenant id, an environment name) are ordinary words that must stay readable in messages.
+const CREDENTIAL_NAMES: &[&str] = &[
+    "auth",
+    "key",
+    "token",
+    "secret",
+    "pass",
+    "cookie",
+    "sign",
+    "credential",
+    "session",
+];
 
-/// The forms of every secret to scrub, longest first, so that a longer form is removed whole
-/// before a shorter one inside it.
+/// How many times the text is decoded: a message that quotes a JSON body that quoted a form.
+const DECODINGS: usize = 2;
+
+/// The secrets to hide, as bytes (a header value may not be UTF-8), longest first.
 #[derive(Default)]
 pub(crate) struct Redactions {
-    forms: Vec<String>,
+    secrets: Vec<Vec<u8>>,
 }
 
 impl Redactions {
-    /// The forms of `secret` (always scrubbed, however short) and of the extra header values.
+    /// `secret` (always hidden, however short) and the values of the `headers` whose names
+    /// say they carry a credential.
     pub(crate) fn new<'a>(
-        secret: &'a str,
-        header_values: impl IntoIterator<Item = &'a [u8]>,
+        secret: &str,
+        headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     ) -> Self {
-        let mut forms = Vec::new();
-        let headers = header_values
+        let credentials = headers
             .into_iter()
-            .filter(|value| value.len() >= MIN_HEADER_SECRET)
-            .map(String::from_utf8_lossy);
-        for secret in std::iter::once(secret.into()).chain(headers) {
-            if !secret.is_empty() {
-                forms.extend(encodings(&secret));
-            }
-        }
-        forms.retain(|form| !form.is_empty());
-        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
-        forms.dedup();
-        Self { forms }
+            .filter(|(name, _)| is_credential(name))
+            .map(|(_, value)| value.as_bytes().to_vec());
+        let mut secrets: Vec<Vec<u8>> = std::iter::once(secret.as_bytes().to_vec())
+            .chain(credentials)
+            .filter(|secret| !secret.is_empty())
+            .collect();
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets.dedup();
+        Self { secrets }
     }
 
-    /// `text` with every form of every secret replaced by `[redacted]`.
+    /// `text` with every stretch that is, or decodes to, a secret replaced by `[redacted]`.
     pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        for form in &self.forms {
-            if text.contains(form.as_str()) {
-                text = text.replace(form.as_str(), REDACTED);
+        let mut hidden = Vec::new();
+        for plus_is_space in [false, true] {
+            let mut view = View::of(text);
+            for decoding in 0..=DECODINGS {
+                for secret in &self.secrets {
+                    view.find(secret, &mut hidden);
+                }
+                if decoding < DECODINGS {
+                    match view.decoded(plus_is_space) {
+                        Some(next) => view = next,
+                        None => break,
+                    }
+                }
             }
         }
-        text
+        if hidden.is_empty() {
+            return text.to_owned();
+        }
+        // On character boundaries (a secret that is not UTF-8 may match part of a character:
+        // the whole character goes), sorted, and merged where they overlap or touch.
+        let mut hidden: Vec<(usize, usize)> = hidden
+            .into_iter()
+            .map(|(start, end)| (floor_boundary(text, start), ceil_boundary(text, end)))
+            .collect();
+        hidden.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(hidden.len());
+        for (start, end) in hidden {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (start, end) in merged {
+            out.push_str(&text[at..start]);
+            out.push_str(REDACTED);
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        out
     }
 }
 
-/// `secret` as written, JSON-escaped in the ways encoders differ, and percent-encoded.
-fn encodings(secret: &str) -> Vec<String> {
-    let json = serde_json::to_string(secret).unwrap_or_default();
-    let json = json
-        .strip_prefix('"')
-        .and_then(|j| j.strip_suffix('"'))
-        .unwrap_or_default()
-        .to_owned();
-    let slashes = json.replace('/', "\\/");
-    // Go's `encoding/json`: HTML-safe escapes; PHP's `json_encode`: every non-ASCII character as
-    // `\uXXXX` (UTF-16), and `/` as `\/`.
-    let html_safe = json
-        .replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026");
-    let ascii_only: String = json
-        .chars()
-        .flat_map(|c| match c.is_ascii() {
-            true => vec![c.to_string()],
-            false => {
-                let mut units = [0u16; 2];
-                c.encode_utf16(&mut units)
-                    .iter()
-                    .map(|unit| format!("\\u{unit:04x}"))
-                    .collect()
-            }
-        })
-        .collect();
-    let php = ascii_only.replace('/', "\\/");
-    let percent = percent_encode(secret, false);
-    let form = percent_encode(secret, true);
-    vec![
-        secret.to_owned(),
-        json,
-        slashes,
-        html_safe,
-        ascii_only,
-        php,
-        lowercase_hex(&percent),
-        percent,
-        form,
-    ]
+fn is_credential(name: &HeaderName) -> bool {
+    CREDENTIAL_NAMES
+        .iter()
+        .any(|part| name.as_str().contains(part))
 }
 
-/// Every byte outside RFC 3986's unreserved set as `%XX`; in a form, a space as `+`.
-fn percent_encode(secret: &str, form: bool) -> String {
-    let mut out = String::with_capacity(secret.len() * 3);
-    for &byte in secret.as_bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(char::from(byte));
-            }
-            b' ' if form => out.push('+'),
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+/// The text as bytes, each with the span `[start, end)` of the original text it stands for.
+struct View {
+    bytes: Vec<u8>,
+    spans: Vec<(usize, usize)>,
 }
 
-/// Percent-encoding with lowercase hex digits (RFC 3986 makes them equivalent).
-fn lowercase_hex(encoded: &str) -> String {
-    let mut out = String::with_capacity(encoded.len());
-    let mut chars = encoded.chars();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if c == '%' {
-            out.extend(chars.by_ref().take(2).map(|h| h.to_ascii_lowercase()));
+impl View {
+    fn of(text: &str) -> Self {
+        Self {
+            bytes: text.as_bytes().to_vec(),
+            spans: (0..text.len()).map(|i| (i, i + 1)).collect(),
         }
     }
-    out
+
+    /// Adds the original span of every occurrence of `secret` to `hidden`.
+    fn find(&self, secret: &[u8], hidden: &mut Vec<(usize, usize)>) {
+        if secret.len() > self.bytes.len() {
+            return;
+        }
+        for (i, window) in self.bytes.windows(secret.len()).enumerate() {
+            if window == secret {
+                hidden.push((self.spans[i].0, self.spans[i + secret.len() - 1].1));
+            }
+        }
+    }
+
+    /// The view with one level of JSON escapes and percent-encoding decoded; `None` if there
+    /// was nothing to decode.
+    fn decoded(&self, plus_is_space: bool) -> Option<Self> {
+        let (bytes, spans) = (&self.bytes, &self.spans);
+        let mut out = Self {
+            bytes: Vec::with_capacity(bytes.len()),
+            spans: Vec::with_capacity(bytes.len()),
+        };
+        let mut changed = false;
+        let mut i = 0;
+        while i < bytes.len() {
+            let (decoded, used) = match bytes[i] {
+                b'\\' => json_escape(&bytes[i..]),
+                b'%' => percent_escape(&bytes[i..]),
+                b'+' if plus_is_space => (Some(vec![b' ']), 1),
+                _ => (None, 1),
+            };
+            match decoded {
+                Some(decoded) => {
+                    changed = true;
+                    let span = (spans[i].0, spans[i + used - 1].1);
+                    for byte in decoded {
+                        out.bytes.push(byte);
+                        out.spans.push(span);
+                    }
+                    i += used;
+                }
+                None => {
+                    out.bytes.push(bytes[i]);
+                    out.spans.push(spans[i]);
+                    i += 1;
+                }
+            }
+        }
+        changed.then_some(out)
+    }
+}
+
+/// A JSON escape at the start of `at`: its bytes (UTF-8) and its length.
+fn json_escape(at: &[u8]) -> (Option<Vec<u8>>, usize) {
+    let simple = match at.get(1) {
+        Some(b'"') => Some(b'"'),
+        Some(b'\\') => Some(b'\\'),
+        Some(b'/') => Some(b'/'),
+        Some(b'b') => Some(0x08),
+        Some(b'f') => Some(0x0c),
+        Some(b'n') => Some(b'\n'),
+        Some(b'r') => Some(b'\r'),
+        Some(b't') => Some(b'\t'),
+        _ => None,
+    };
+    if let Some(byte) = simple {
+        return (Some(vec![byte]), 2);
+    }
+    let Some(unit) = unicode_unit(at) else {
+        return (None, 1);
+    };
+    let (c, used) = match unicode_unit(&at[6..]) {
+        // A surrogate pair: two escapes, one character.
+        Some(low) if (0xd800..0xdc00).contains(&unit) && (0xdc00..0xe000).contains(&low) => {
+            let c = 0x10000 + ((u32::from(unit) - 0xd800) << 10) + (u32::from(low) - 0xdc00);
+            (char::from_u32(c), 12)
+        }
+        _ => (char::from_u32(u32::from(unit)), 6),
+    };
+    match c {
+        Some(c) => (Some(c.to_string().into_bytes()), used),
+        None => (None, 1),
+    }
+}
+
+/// The code unit of a `\uXXXX` escape (hex digits in either case) at the start of `at`.
+fn unicode_unit(at: &[u8]) -> Option<u16> {
+    let digits = at.strip_prefix(b"\\u")?.get(..4)?;
+    u16::from_str_radix(hex(digits)?, 16).ok()
+}
+
+/// `digits` if they are all hex digits (`from_str_radix` alone would take a sign).
+fn hex(digits: &[u8]) -> Option<&str> {
+    digits
+        .iter()
+        .all(u8::is_ascii_hexdigit)
+        .then(|| std::str::from_utf8(digits).ok())
+        .flatten()
+}
+
+/// A `%XX` escape (either case) at the start of `at`.
+fn percent_escape(at: &[u8]) -> (Option<Vec<u8>>, usize) {
+    let byte = at
+        .get(1..3)
+        .and_then(hex)
+        .and_then(|digits| u8::from_str_radix(digits, 16).ok());
+    match byte {
+        Some(byte) => (Some(vec![byte]), 3),
+        None => (None, 1),
+    }
+}
+
+fn floor_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn ceil_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_echoed_form_of_a_secret_is_scrubbed() {
-        let secret = "Zm9v/Ym<F>y+&cAR\"é x==";
-        let redactions = Redactions::new(secret, []);
-        for echoed in [
-            secret,
-            r#"Zm9v/Ym<F>y+&cAR\"é x=="#,
-            r#"Zm9v\/Ym<F>y+&cAR\"é x=="#,
-            r#"Zm9v/Ym\u003cF\u003ey+\u0026cAR\"é x=="#,
-            r#"Zm9v/Ym<F>y+&cAR\"\u00e9 x=="#,
-            r#"Zm9v\/Ym<F>y+&cAR\"\u00e9 x=="#,
-            "Zm9v%2FYm%3CF%3Ey%2B%26cAR%22%C3%A9%20x%3D%3D",
-            "Zm9v%2fYm%3cF%3ey%2b%26cAR%22%c3%a9%20x%3d%3d",
-            "Zm9v%2FYm%3CF%3Ey%2B%26cAR%22%C3%A9+x%3D%3D",
-        ] {
-            let scrubbed = redactions.scrub(&format!("refused: {echoed}."));
-            assert_eq!(scrubbed, "refused: [redacted].", "{echoed}");
-        }
-    }
-
-    #[test]
-    fn header_values_are_scrubbed_unless_too_short_to_be_keys() {
-        let redactions = Redactions::new("s3cr3t", [&b"gw-key-7f3a9c1e"[..], b"19"]);
-        assert_eq!(
-            redactions.scrub("key gw-key-7f3a9c1e for tenant 19 refused (s3cr3t)"),
-            "key [redacted] for tenant 19 refused ([redacted])"
-        );
-        assert_eq!(Redactions::new("", []).scrub("as is"), "as is");
-    }
-}
+mod tests;

@@ -3,7 +3,7 @@ use super::*;
 const SECRET: &str = "s3cr3t-value";
 
 fn secrets() -> Redactions {
-    Redactions::new(SECRET, [])
+    Redactions::new(SECRET, &http::HeaderMap::new())
 }
 
 fn parse_body(status: u16, body: &str) -> Result<Token, ParseError> {
@@ -119,7 +119,7 @@ fn the_secret_is_scrubbed_as_it_went_out_inside_the_json_request() {
     let request = serde_json::json!({ "client_id": 19, "client_secret": secret }).to_string();
     let echoed = echo(
         &format!("bad request: {request}"),
-        &Redactions::new(secret, []),
+        &Redactions::new(secret, &http::HeaderMap::new()),
     );
     assert!(!echoed.contains(r#"ab\"cd"#), "{echoed}");
     assert!(echoed.contains("[redacted]"), "{echoed}");
