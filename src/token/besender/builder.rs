@@ -89,8 +89,8 @@ impl BesenderTokenSourceBuilder {
     /// `Accept` are always `application/json`. An invalid name or value is reported by
     /// [`build`](Self::build). The value is sent marked sensitive; if the name says it carries
     /// a credential (it contains `auth`, `key`, `token`, `secret`, `pass`, `cookie`, `sign`,
-    /// `credential` or `session`), the value is also scrubbed from any server text an error
-    /// quotes, as the client secret is.
+    /// `credential` or `session`) and the value has at least 8 bytes, the value is also
+    /// scrubbed from any server text an error quotes, as the client secret is.
     pub fn header<K, V>(mut self, name: K, value: V) -> Self
     where
         K: TryInto<HeaderName>,

@@ -27,6 +27,10 @@ const CREDENTIAL_NAMES: &[&str] = &[
     "session",
 ];
 
+/// Credential header values shorter than this are not scrubbed: no key is that short, and
+/// hiding every `true` or `1` would cut words out of every message.
+const MIN_HEADER_SECRET: usize = 8;
+
 /// How many times the text is decoded: a message that quotes a JSON body that quoted a form.
 const DECODINGS: usize = 2;
 
@@ -45,32 +49,43 @@ impl Redactions {
     ) -> Self {
         let credentials = headers
             .into_iter()
-            .filter(|(name, _)| is_credential(name))
-            .map(|(_, value)| value.as_bytes().to_vec());
+            .filter(|(name, value)| is_credential(name) && value.len() >= MIN_HEADER_SECRET)
+            .flat_map(|(_, value)| {
+                let bytes = value.as_bytes();
+                // Not UTF-8: servers that read header bytes as ISO-8859-1 (WSGI, servlets,
+                // Node) echo each byte as the character of that code point.
+                let latin1 = std::str::from_utf8(bytes)
+                    .is_err()
+                    .then(|| bytes.iter().map(|&b| char::from(b)).collect::<String>());
+                std::iter::once(bytes.to_vec()).chain(latin1.map(String::into_bytes))
+            });
         let mut secrets: Vec<Vec<u8>> = std::iter::once(secret.as_bytes().to_vec())
             .chain(credentials)
             .filter(|secret| !secret.is_empty())
             .collect();
-        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
         Self { secrets }
     }
 
     /// `text` with every stretch that is, or decodes to, a secret replaced by `[redacted]`.
     pub(crate) fn scrub(&self, text: &str) -> String {
+        // Each decoding undoes one encoding, as encoders apply them: JSON escapes alone (a JSON
+        // encoder leaves `%` as it is), percent-encoding alone, or a form's (`+` a space).
+        // Every view is searched; those decoded from it are the next level's.
         let mut hidden = Vec::new();
-        for plus_is_space in [false, true] {
-            let mut view = View::of(text);
-            for decoding in 0..=DECODINGS {
+        let mut level = vec![View::of(text)];
+        for decoding in 0..=DECODINGS {
+            for view in &level {
                 for secret in &self.secrets {
                     view.find(secret, &mut hidden);
                 }
-                if decoding < DECODINGS {
-                    match view.decoded(plus_is_space) {
-                        Some(next) => view = next,
-                        None => break,
-                    }
-                }
+            }
+            if decoding < DECODINGS {
+                level = level
+                    .iter()
+                    .flat_map(|view| Decoder::ALL.iter().filter_map(|&d| view.decoded(d)))
+                    .collect();
             }
         }
         if hidden.is_empty() {
@@ -108,6 +123,21 @@ fn is_credential(name: &HeaderName) -> bool {
         .any(|part| name.as_str().contains(part))
 }
 
+/// One encoding a server may have applied to what it echoes.
+#[derive(Clone, Copy)]
+enum Decoder {
+    /// JSON string escapes: `\"`, `\/`, `\uXXXX` (either case, surrogate pairs).
+    Json,
+    /// Percent-encoding (RFC 3986), either case.
+    Percent,
+    /// A form (`application/x-www-form-urlencoded`): percent-encoding, and `+` for a space.
+    Form,
+}
+
+impl Decoder {
+    const ALL: [Decoder; 3] = [Decoder::Json, Decoder::Percent, Decoder::Form];
+}
+
 /// The text as bytes, each with the span `[start, end)` of the original text it stands for.
 struct View {
     bytes: Vec<u8>,
@@ -134,9 +164,9 @@ impl View {
         }
     }
 
-    /// The view with one level of JSON escapes and percent-encoding decoded; `None` if there
-    /// was nothing to decode.
-    fn decoded(&self, plus_is_space: bool) -> Option<Self> {
+    /// The view with one level of `decoder`'s encoding undone; `None` if there was nothing to
+    /// decode.
+    fn decoded(&self, decoder: Decoder) -> Option<Self> {
         let (bytes, spans) = (&self.bytes, &self.spans);
         let mut out = Self {
             bytes: Vec::with_capacity(bytes.len()),
@@ -145,10 +175,10 @@ impl View {
         let mut changed = false;
         let mut i = 0;
         while i < bytes.len() {
-            let (decoded, used) = match bytes[i] {
-                b'\\' => json_escape(&bytes[i..]),
-                b'%' => percent_escape(&bytes[i..]),
-                b'+' if plus_is_space => (Some(vec![b' ']), 1),
+            let (decoded, used) = match (bytes[i], decoder) {
+                (b'\\', Decoder::Json) => json_escape(&bytes[i..]),
+                (b'%', Decoder::Percent | Decoder::Form) => percent_escape(&bytes[i..]),
+                (b'+', Decoder::Form) => (Some(vec![b' ']), 1),
                 _ => (None, 1),
             };
             match decoded {

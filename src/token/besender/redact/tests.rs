@@ -75,3 +75,50 @@ fn scrubbing_a_large_answer_stays_linear_enough() {
     let text = "Zm9v%2".repeat(64 * 1024 / 6);
     assert_eq!(scrub("Zm9v%2FYmFy", &text), text);
 }
+
+#[test]
+fn each_decoding_undoes_one_encoding_as_encoders_apply_them() {
+    for (secret, echoed) in [
+        // JSON leaves the secret's own `%XX` alone.
+        ("p%41ss\"word", r#"p%41ss\"word"#),
+        ("p%41sséword", r#"p%41ss\u00e9word"#),
+        ("ab/cd%2Fef", r#"ab\/cd%2Fef"#),
+        // JSON, then percent-encoded.
+        ("a%41\"b", "a%2541%5C%22b"),
+        // JSON, then a form: only the form's `+` is a space.
+        (r"pass word+\x", "pass+word%2B%5C%5Cx"),
+    ] {
+        assert_eq!(
+            scrub(secret, &format!("<{echoed}>")),
+            "<[redacted]>",
+            "{secret}: {echoed}"
+        );
+    }
+}
+
+#[test]
+fn a_header_value_that_is_not_utf8_is_hidden_as_latin1_servers_echo_it() {
+    let name = HeaderName::from_static("x-api-key");
+    let value = HeaderValue::from_bytes(b"gw-\xe9-5b2d").unwrap();
+    let redactions = Redactions::new("s3cr3t", [(&name, &value)]);
+    for echoed in [
+        "gw-é-5b2d",
+        r"gw-\u00e9-5b2d",
+        "gw-%C3%A9-5b2d",
+        "gw-%E9-5b2d",
+    ] {
+        assert_eq!(
+            redactions.scrub(&format!("bad key {echoed}")),
+            "bad key [redacted]",
+            "{echoed}"
+        );
+    }
+}
+
+#[test]
+fn short_credential_header_values_are_not_hidden() {
+    let name = HeaderName::from_static("x-auth-mode");
+    let value = HeaderValue::from_static("basic");
+    let redactions = Redactions::new("s3cr3t", [(&name, &value)]);
+    assert_eq!(redactions.scrub("basic auth refused"), "basic auth refused");
+}

@@ -124,3 +124,22 @@ fn the_secret_is_scrubbed_as_it_went_out_inside_the_json_request() {
     assert!(!echoed.contains(r#"ab\"cd"#), "{echoed}");
     assert!(echoed.contains("[redacted]"), "{echoed}");
 }
+
+/// Our own request, quoted back: serde_json escapes `\` and `"` but leaves the secret's `%XX`.
+#[test]
+fn a_secret_with_a_percent_triplet_is_scrubbed_from_the_quoted_request() {
+    let secret = r"Kq%2Fz\9";
+    let request = serde_json::json!({ "client_id": 19, "client_secret": secret }).to_string();
+    let body = serde_json::json!({ "code": 400, "message": format!("bad request: {request}") });
+    let (kind, _) = parse(
+        StatusCode::BAD_REQUEST,
+        Some("application/json"),
+        body.to_string().as_bytes(),
+        Instant::now(),
+        &Redactions::new(secret, &http::HeaderMap::new()),
+    )
+    .unwrap_err();
+    let shown = format!("{kind:?}");
+    assert!(!shown.contains("Kq%2Fz"), "{shown}");
+    assert!(shown.contains("[redacted]"), "{shown}");
+}
