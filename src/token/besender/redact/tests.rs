@@ -122,3 +122,89 @@ fn short_credential_header_values_are_not_hidden() {
     let redactions = Redactions::new("s3cr3t", [(&name, &value)]);
     assert_eq!(redactions.scrub("basic auth refused"), "basic auth refused");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::scrub;
+
+    /// `s` as a JSON encoder writes it: `ascii` escapes every non-ASCII character (PHP,
+    /// Python), `slash` escapes `/` (PHP), `upper` writes hex digits in uppercase (.NET).
+    fn json(s: &str, ascii: bool, slash: bool, upper: bool) -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '/' if slash => out.push_str("\\/"),
+                c if u32::from(c) < 0x20 || (ascii && !c.is_ascii()) => {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        match upper {
+                            true => out.push_str(&format!("\\u{unit:04X}")),
+                            false => out.push_str(&format!("\\u{unit:04x}")),
+                        }
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// `s` percent-encoded, but for the ASCII letters, digits and `kept`; `plus` writes a
+    /// space as `+` (a form).
+    fn percent(s: &str, kept: &str, plus: bool, lower: bool) -> String {
+        let mut out = String::new();
+        for byte in s.bytes() {
+            match byte {
+                b if b.is_ascii_alphanumeric() || kept.as_bytes().contains(&b) => {
+                    out.push(char::from(b))
+                }
+                b' ' if plus => out.push('+'),
+                b if lower => out.push_str(&format!("%{b:02x}")),
+                b => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+
+    fn encoded(s: &str, encoder: u8) -> String {
+        match encoder {
+            0 => s.to_owned(),
+            1 => json(s, false, false, false),
+            2 => json(s, true, true, false),
+            3 => json(s, true, false, true),
+            4 => percent(s, "-._~", false, false),
+            5 => percent(s, "*-._", true, false),
+            _ => percent(s, "-_.!~*'()", false, true),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever two of the encoders above a server applies, the secret is hidden.
+        #[test]
+        fn a_secret_encoded_twice_is_hidden(
+            secret in "[a-zA-Z0-9%+/\\\\\"é😀 ]{1,12}",
+            first in 0u8..7,
+            second in 0u8..7,
+        ) {
+            let echoed = encoded(&encoded(&secret, first), second);
+            prop_assert_eq!(scrub(&secret, &format!("<{echoed}>")), "<[redacted]>", "{}", echoed);
+        }
+
+        /// No text or secret makes scrubbing panic.
+        #[test]
+        fn scrubbing_never_panics(
+            secret in proptest::collection::vec(any::<u8>(), 0..8),
+            text in "(\\\\|%|u|[0-9a-fA-F]|\\+|é|😀|D|d|x)*",
+        ) {
+            let name = http::HeaderName::from_static("x-api-key");
+            let value = http::HeaderValue::from_bytes(&secret)
+                .unwrap_or(http::HeaderValue::from_static("k"));
+            let _ = super::Redactions::new("", [(&name, &value)]).scrub(&text);
+            let _ = scrub(&String::from_utf8_lossy(&secret), &text);
+        }
+    }
+}
