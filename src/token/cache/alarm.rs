@@ -1,5 +1,5 @@
-//! Alarms: the timer that sets `CHECK` when something becomes due; see the invariants in
-//! `state.rs`.
+//! Alarms, the timers that set `CHECK` when something becomes due, and the publishing of the
+//! state word they guard; see the invariants in `state.rs`.
 
 use std::sync::{Arc, Weak, atomic::Ordering};
 
@@ -9,7 +9,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::state::{CHECK, Control, Shared};
+use super::state::{CHECK, CLOCK, Control, Entry, GENERATION_SHIFT, Shared};
 
 /// The alarm armed now.
 pub(super) struct Alarm {
@@ -82,5 +82,73 @@ impl Drop for AlarmGuard {
             shared.fired.fetch_max(self.seq, Ordering::SeqCst);
             shared.state.fetch_or(CHECK, Ordering::SeqCst);
         }
+    }
+}
+
+impl Shared {
+    /// Lets the hot path serve `entry` until the next instant something is due, by arming an
+    /// alarm for that instant. Without a runtime no alarm can be armed: callers then keep taking
+    /// the slow path, which reads the clock itself.
+    pub(super) fn publish_valid(
+        self: &Arc<Self>,
+        control: &mut Control,
+        entry: &Arc<Entry>,
+        now: Instant,
+    ) {
+        if now >= entry.usable_until {
+            // Reached when a refresh fails after the token's usable time ended.
+            control.entry = None;
+            self.publish_check(control);
+            return;
+        }
+        // Next due: while a refresh runs, expiry, or the instant the refresh counts as stalled
+        // if that comes first (its runtime may sit idle: readers then take the slow path, which
+        // gives it up and starts another, instead of serving the token until it runs out with
+        // no refresh coming); otherwise the moment a refresh may start.
+        let next = match (&control.flight, control.retry_at) {
+            (Some(flight), _) => entry.usable_until.min(flight.stalled_at()),
+            (None, retry_at) => entry
+                .refresh_at
+                .max(retry_at.unwrap_or(now))
+                .max(control.ahead_after.unwrap_or(now))
+                .min(entry.usable_until),
+        };
+        let Some(driven) = self.arm(control, next) else {
+            self.publish_check(control);
+            return;
+        };
+        let clock = if driven {
+            0
+        } else {
+            // Before the state that tells readers to look at it (its `SeqCst` store releases it).
+            self.clock_due
+                .store(self.nanos_since_base(next), Ordering::Relaxed);
+            CLOCK
+        };
+        self.state.store(
+            entry.generation << GENERATION_SHIFT | clock,
+            Ordering::SeqCst,
+        );
+        // If the alarm already fired or died, its `CHECK` came before this store: set it again.
+        let seq = control.alarm.as_ref().map(|alarm| alarm.seq);
+        if seq.is_some_and(|seq| self.fired.load(Ordering::SeqCst) >= seq) {
+            self.state.fetch_or(CHECK, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether `now` is before the instant the armed alarm is due; read under `CLOCK` only.
+    #[inline]
+    pub(super) fn before_clock_due(&self, now: Instant) -> bool {
+        self.nanos_since_base(now) < self.clock_due.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn nanos_since_base(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn publish_check(&self, control: &Control) {
+        let generation = control.entry.as_ref().map_or(0, |e| e.generation);
+        self.state
+            .store(generation << GENERATION_SHIFT | CHECK, Ordering::SeqCst);
     }
 }

@@ -5,6 +5,7 @@ mod flight;
 mod intern;
 mod local;
 mod registry;
+mod schedule;
 mod state;
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};

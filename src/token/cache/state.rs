@@ -39,7 +39,9 @@
 //!   runtime that is shutting down may drop a new task synchronously inside `spawn`, while we
 //!   hold the lock. An alarm's guard takes no lock and exists before its task.
 //!
-//! Fetches (`flight.rs`) and alarms (`alarm.rs`) live in modules of their own.
+//! Fetches (`flight.rs`), alarms and the publishing of the state word (`alarm.rs`), and the
+//! timing policy (when to refresh, how long to back off: `schedule.rs`) live in modules of
+//! their own.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -47,7 +49,6 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use http::HeaderValue;
@@ -57,11 +58,9 @@ use super::{
     CacheStats, Config,
     alarm::Alarm,
     flight::{DynSource, Flight, FlightResult, RunningFlight},
+    schedule::asked_wait,
 };
-use crate::{
-    error::{BesenderError, TokenError},
-    token::Token,
-};
+use crate::{error::TokenError, token::Token};
 
 /// "Take the lock and look at the clock": the state word alone does not say the entry is valid.
 pub(super) const CHECK: u64 = 1;
@@ -87,12 +86,12 @@ pub(crate) struct Entry {
     /// budget allows, so that clones share no reference count.
     pub(super) header: HeaderValue,
     pub(super) interned: bool,
-    origin: Origin,
+    pub(super) origin: Origin,
     /// A retry carrying this token was accepted: it fixed a refusal, so a later refusal of it
     /// is a new revocation, not a refusal no token can fix (see [`Shared::invalidate`]).
-    retry_accepted: AtomicBool,
-    refresh_at: Instant,
-    usable_until: Instant,
+    pub(super) retry_accepted: AtomicBool,
+    pub(super) refresh_at: Instant,
+    pub(super) usable_until: Instant,
 }
 
 impl Entry {
@@ -150,8 +149,8 @@ pub(crate) struct Shared {
     /// Under `CLOCK`: the instant the armed alarm is due (refresh, retry or expiry), as
     /// nanoseconds since `base`. Readers of a `CLOCK` state past it take the slow path, which
     /// starts the refresh that is due, as the alarm would have.
-    clock_due: AtomicU64,
-    base: Instant,
+    pub(super) clock_due: AtomicU64,
+    pub(super) base: Instant,
     control: Mutex<Control>,
     pub(super) source: Box<dyn DynSource>,
     pub(super) config: Config,
@@ -425,130 +424,6 @@ impl Shared {
             }
         }
     }
-
-    /// The cache's view of a fresh token: when to refresh it and when to stop using it.
-    fn schedule(&self, control: &mut Control, token: Token, origin: Origin, now: Instant) -> Entry {
-        let config = &self.config;
-        let expires_at = token.expires_at();
-        let lifetime = expires_at.saturating_duration_since(now);
-        let margin = config.expiry_margin.min(lifetime / 4);
-        let usable_until = expires_at - margin;
-        let window = lifetime
-            .mul_f64(config.refresh_fraction)
-            .max(config.min_refresh_window)
-            .min(lifetime / 2);
-        let spread = config.refresh_jitter * control.random_unit();
-        let jitter = window.mul_f64(spread);
-        // Margin, window and jitter add up to more than half of a short lifetime (a 20 s token:
-        // 5 + 10 + up to 5 s): the refresh never starts before half-way, as documented, so a
-        // short-lived token is not fetched again right after it arrived. The margin is at most a
-        // quarter of the lifetime, so half-way is still before `usable_until`. There the jitter
-        // moves the refresh later instead, within the first half of what is left, so that a
-        // fleet that fetched together does not refresh in lockstep.
-        let half_way = now + lifetime / 2;
-        let refresh_at = match usable_until.checked_sub(window + jitter) {
-            Some(at) if at >= half_way => at,
-            _ => {
-                half_way
-                    + usable_until
-                        .saturating_duration_since(half_way)
-                        .mul_f64(spread / 2.0)
-            }
-        }
-        .min(usable_until);
-        let header = token
-            .header_value()
-            .expect("fetch() checked the header before the token reached the cache");
-        let (header, interned) = match super::intern::intern(header) {
-            Some(interned) => (interned, true),
-            None => (header.clone(), false),
-        };
-        Entry {
-            generation: control.generation,
-            token,
-            header,
-            interned,
-            origin,
-            retry_accepted: AtomicBool::new(false),
-            refresh_at,
-            usable_until,
-        }
-    }
-
-    /// The delay before the next fetch after `control.failures` consecutive failures (the
-    /// caller also honours what the endpoint asked for: see [`asked_wait`]).
-    fn backoff(&self, control: &mut Control) -> Duration {
-        let config = &self.config;
-        let doublings = control.failures.saturating_sub(1).min(30);
-        let delay = config
-            .backoff_initial
-            .saturating_mul(1 << doublings)
-            .min(config.backoff_max);
-        // 50% jitter: between half the delay and all of it.
-        let jittered = delay.mul_f64(0.5 + 0.5 * control.random_unit());
-        jittered.max(config.error_hold)
-    }
-
-    /// Lets the hot path serve `entry` until the next instant something is due, by arming an
-    /// alarm for that instant. Without a runtime no alarm can be armed: callers then keep taking
-    /// the slow path, which reads the clock itself.
-    fn publish_valid(self: &Arc<Self>, control: &mut Control, entry: &Arc<Entry>, now: Instant) {
-        if now >= entry.usable_until {
-            // Reached when a refresh fails after the token's usable time ended.
-            control.entry = None;
-            self.publish_check(control);
-            return;
-        }
-        // Next due: while a refresh runs, expiry, or the instant the refresh counts as stalled
-        // if that comes first (its runtime may sit idle: readers then take the slow path, which
-        // gives it up and starts another, instead of serving the token until it runs out with
-        // no refresh coming); otherwise the moment a refresh may start.
-        let next = match (&control.flight, control.retry_at) {
-            (Some(flight), _) => entry.usable_until.min(flight.stalled_at()),
-            (None, retry_at) => entry
-                .refresh_at
-                .max(retry_at.unwrap_or(now))
-                .max(control.ahead_after.unwrap_or(now))
-                .min(entry.usable_until),
-        };
-        let Some(driven) = self.arm(control, next) else {
-            self.publish_check(control);
-            return;
-        };
-        let clock = if driven {
-            0
-        } else {
-            // Before the state that tells readers to look at it (its `SeqCst` store releases it).
-            self.clock_due
-                .store(self.nanos_since_base(next), Ordering::Relaxed);
-            CLOCK
-        };
-        self.state.store(
-            entry.generation << GENERATION_SHIFT | clock,
-            Ordering::SeqCst,
-        );
-        // If the alarm already fired or died, its `CHECK` came before this store: set it again.
-        let seq = control.alarm.as_ref().map(|alarm| alarm.seq);
-        if seq.is_some_and(|seq| self.fired.load(Ordering::SeqCst) >= seq) {
-            self.state.fetch_or(CHECK, Ordering::SeqCst);
-        }
-    }
-
-    /// Whether `now` is before the instant the armed alarm is due; read under `CLOCK` only.
-    #[inline]
-    pub(super) fn before_clock_due(&self, now: Instant) -> bool {
-        self.nanos_since_base(now) < self.clock_due.load(Ordering::Relaxed)
-    }
-
-    fn nanos_since_base(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    pub(super) fn publish_check(&self, control: &Control) {
-        let generation = control.entry.as_ref().map_or(0, |e| e.generation);
-        self.state
-            .store(generation << GENERATION_SHIFT | CHECK, Ordering::SeqCst);
-    }
 }
 
 impl Control {
@@ -557,17 +432,6 @@ impl Control {
         if self.flight.as_ref().is_some_and(|f| f.is_dead(now)) {
             self.flight = None;
         }
-    }
-
-    /// A pseudo-random number in [0, 1) for jitter (xorshift64*; not for cryptography).
-    fn random_unit(&mut self) -> f64 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (r >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -579,23 +443,4 @@ impl Drop for Shared {
             alarm.handle.abort();
         }
     }
-}
-
-/// The longest `Retry-After` honoured: a server that asks for hours (or sends a date far off)
-/// must not stop a process from ever asking again.
-const MAX_ASKED_WAIT: Duration = Duration::from_secs(10 * 60);
-
-/// The wait a token endpoint asked for with its refusal (`Retry-After`), found anywhere in the
-/// error's chain (a custom source may wrap a [`BesenderError`]); capped at [`MAX_ASKED_WAIT`].
-fn asked_wait(err: &TokenError) -> Duration {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(err) = next {
-        if let Some(besender) = err.downcast_ref::<BesenderError>() {
-            return besender
-                .retry_after()
-                .map_or(Duration::ZERO, |wait| wait.min(MAX_ASKED_WAIT));
-        }
-        next = err.source();
-    }
-    Duration::ZERO
 }
