@@ -5,9 +5,9 @@
 //! refused) writes the secret in its own encoding, and encoders differ: JSON escapes (`\/`,
 //! `\u002B`, `\u00E9` in either case, surrogate pairs), percent-encoding (either case, with or
 //! without `+` for a space), and either of those applied to the other. Rather than list every
-//! encoder's output, the text is decoded (up to twice) into views that remember, for each
-//! decoded byte, the span of the text it came from; a secret found in any view hides those
-//! spans.
+//! encoder's output, the text is decoded, up to twice and one encoding at a time, into views
+//! that remember, for each decoded byte, the span of the text it came from; a secret found in
+//! any view hides those spans.
 
 use http::{HeaderName, HeaderValue};
 
@@ -34,7 +34,7 @@ const MIN_HEADER_SECRET: usize = 8;
 /// How many times the text is decoded: a message that quotes a JSON body that quoted a form.
 const DECODINGS: usize = 2;
 
-/// The secrets to hide, as bytes (a header value may not be UTF-8), longest first.
+/// The secrets to hide, as bytes (a header value may not be UTF-8), each once.
 #[derive(Default)]
 pub(crate) struct Redactions {
     secrets: Vec<Vec<u8>>,
