@@ -114,7 +114,20 @@ fn get() -> Request<Empty<Bytes>> {
 /// Tokio's timer). Then, with the token there, it is served.
 #[test]
 fn a_caller_without_a_runtime_gets_an_error_while_a_fetch_runs_elsewhere() {
-    let (source, calls) = counting_source(Duration::from_millis(300), Duration::from_secs(3600));
+    // The fetch runs until the test lets it finish.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let source = {
+        let (gate, calls) = (Arc::clone(&gate), Arc::clone(&calls));
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let gate = Arc::clone(&gate);
+            async move {
+                let _open = gate.acquire().await;
+                Ok::<_, Infallible>(Token::bearer("token", Duration::from_secs(3600)))
+            }
+        }
+    };
     let layer = BesenderAuthLayer::new(source);
     let cache = layer.cache().clone();
     let main = multi_thread();
@@ -142,6 +155,7 @@ fn a_caller_without_a_runtime_gets_an_error_while_a_fetch_runs_elsewhere() {
         "{err}"
     );
 
+    gate.add_permits(1);
     main.block_on(fetching).unwrap().unwrap();
     assert!(
         block_on_without_tokio(cache.get()).is_ok(),
@@ -321,14 +335,14 @@ fn a_waiter_gives_up_on_a_source_that_blocks_its_thread() {
         .build()
         .unwrap();
     let cache = TokenCache::builder(|| async {
-        thread::sleep(Duration::from_secs(2));
+        thread::sleep(Duration::from_secs(3));
         Ok::<_, Infallible>(Token::bearer("token", Duration::from_secs(3600)))
     })
     .fetch_timeout(Duration::from_millis(200))
     .build();
     let err = runtime
         .block_on(cache.get())
-        .expect_err("given up at the stall, 1.2 s in, not served 2 s in");
+        .expect_err("given up at the stall, 1.2 s in, not served 3 s in");
     assert!(
         matches!(err.kind(), TokenErrorKind::Timeout { .. }),
         "{err}"

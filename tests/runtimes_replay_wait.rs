@@ -110,7 +110,7 @@ fn a_replay_wait_begun_on_a_runtime_since_dropped_goes_on_on_the_next() {
 /// still ends after `replay_wait` with the refusal (its timer on the idle runtime never fired).
 #[test]
 fn a_replay_wait_begun_on_an_idle_runtime_still_ends_after_replay_wait() {
-    let (service, _held) = holding_service(Duration::from_millis(200));
+    let (service, _held) = holding_service(Duration::from_secs(1));
     let idle = current_thread();
     let mut service = service.clone();
     idle.block_on(async { service.ready().await.map(|_| ()) })
