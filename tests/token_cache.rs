@@ -602,3 +602,21 @@ async fn a_fetch_first_polled_past_both_deadlines_never_calls_its_source() {
     // The clock jumps past the fetch timeout (10 s) and the waiters' fallback (11 s) at once.
     a_fetch_that_runs_late_is_never_run_alongside_the_next(Duration::from_secs(12)).await;
 }
+
+/// Refresh ahead runs in the background at its time, also when nobody asks for the token
+/// then: a service idle through its refresh window still has a fresh token when a request
+/// comes (the alarm used to only flag the refresh for the next reader to start).
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_runs_at_its_time_without_a_reader() {
+    let source = TestSource::new(Duration::from_secs(20), Duration::ZERO);
+    let cache = TokenCache::new(source.source());
+    let first = cache.get().await.unwrap();
+    // A 20 s token refreshes 10-11.25 s after it arrived.
+    sleep(Duration::from_millis(9_900)).await;
+    assert_eq!(source.calls(), 1, "not before half-way");
+    sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(source.calls(), 2, "refreshed with no reader");
+    let fresh = cache.get().await.unwrap();
+    assert!(!fresh.same_token(&first));
+    assert_eq!(source.calls(), 2);
+}

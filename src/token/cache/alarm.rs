@@ -48,8 +48,14 @@ impl Shared {
         };
         let handle = runtime
             .spawn(async move {
-                let _guard = guard;
                 tokio::time::sleep_until(at).await;
+                // Due now: start what is due (a refresh ahead, a fetch after a backoff) here,
+                // as the next reader would, so that a service idle at its refresh time still
+                // refreshes ahead. Then the guard sets `CHECK`, unless this armed a newer alarm.
+                if let Some(shared) = guard.shared.upgrade() {
+                    let _ = shared.usable_entry();
+                }
+                drop(guard);
             })
             .abort_handle();
         control.alarm = Some(Alarm {

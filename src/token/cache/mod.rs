@@ -54,8 +54,10 @@ use crate::error::TokenError;
 ///   it would have to wait.
 /// - **Refresh ahead.** Inside a window before expiry (by default the last 10% of the lifetime,
 ///   at least 60 s, at most half the lifetime, moved earlier by up to half the window of random
-///   jitter, never before half-way through the lifetime) a background refresh starts; every
-///   caller keeps the current token and nobody waits.
+///   jitter, never before half-way through the lifetime) a background refresh starts, at its
+///   time, whether or not anyone is asking for the token then; every caller keeps the current
+///   token and nobody waits. (On a `current_thread` runtime that nobody is driving, no timer
+///   runs: the refresh then starts with the next read.)
 /// - **Outages.** A failed refresh never evicts a valid token. Consecutive failures back off
 ///   exponentially with jitter (1 s doubling to 30 s). With no valid token at all, callers get the
 ///   last error at once until the next attempt is due, instead of one fetch each.

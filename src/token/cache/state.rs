@@ -9,8 +9,10 @@
 //!   Without `CHECK`, the entry with that generation is valid and needs nothing, and any caller
 //!   may use it without the lock. `CHECK` means "take the lock and look at the clock".
 //! - `state` is cleared of `CHECK` only under the lock, and only when an alarm is armed for the
-//!   next instant at which the answer may change (refresh due, retry due, expiry). The alarm
-//!   sets `CHECK` when it fires, or when its task is dropped without firing (its runtime shut
+//!   next instant at which the answer may change (refresh due, retry due, expiry). The alarm,
+//!   when it fires, starts what is due (a refresh ahead, as a reader's lookup would, so an idle
+//!   cache refreshes on time) and, unless that armed a newer alarm, sets `CHECK`; it sets
+//!   `CHECK` too when its task is dropped without firing (its runtime shut
 //!   down, possibly before it ever ran): its guard exists before the task is spawned and takes
 //!   no lock. A publisher that clears `CHECK` looks at `fired` afterwards and sets `CHECK` again
 //!   if its alarm is already gone (both sides `SeqCst`), so a "valid" never outlives its alarm.
