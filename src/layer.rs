@@ -143,9 +143,9 @@ impl BesenderAuthLayer {
         self
     }
 
-    /// Recognizes refusals with a closure: [`classifier`](Self::classifier) for closures, whose
-    /// argument types are then inferred (through `classifier`'s trait bound, Rust cannot infer
-    /// that the headers are borrowed for any lifetime).
+    /// [`classifier`](Self::classifier) for a closure, whose argument types are then inferred
+    /// (through `classifier`'s trait bound, Rust cannot infer that the headers are borrowed for
+    /// any lifetime, and an unannotated `|status, headers| ..` does not compile).
     ///
     /// ```
     /// use besender_auth::{BesenderAuthLayer, Token};

@@ -129,7 +129,7 @@ struct Inner {
     uri: Uri,
     client_id: ClientId,
     secret: ClientSecret,
-    /// The secret and the extra headers' values, in every form to scrub from server text.
+    /// The secret and the credential headers' values, to scrub from server text.
     redactions: redact::Redactions,
     /// The request body, serialized once; it holds the secret, so it is never formatted.
     body: Bytes,
