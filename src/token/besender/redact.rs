@@ -35,7 +35,6 @@ const MIN_HEADER_SECRET: usize = 8;
 const DECODINGS: usize = 2;
 
 /// The secrets to hide, as bytes (a header value may not be UTF-8), each once.
-#[derive(Default)]
 pub(crate) struct Redactions {
     secrets: Vec<Vec<u8>>,
 }
@@ -167,6 +166,10 @@ impl View {
     /// The view with one level of `decoder`'s encoding undone; `None` if there was nothing to
     /// decode.
     fn decoded(&self, decoder: Decoder) -> Option<Self> {
+        if matches!(decoder, Decoder::Form) && !self.bytes.contains(&b'+') {
+            // Without a `+`, a form decodes as percent-encoding alone: that view is made too.
+            return None;
+        }
         let (bytes, spans) = (&self.bytes, &self.spans);
         let mut out = Self {
             bytes: Vec::with_capacity(bytes.len()),

@@ -111,12 +111,10 @@ impl Shared {
         // if that comes first (its runtime may sit idle: readers then take the slow path, which
         // gives it up and starts another, instead of serving the token until it runs out with
         // no refresh coming); otherwise the moment a refresh may start.
-        let next = match (&control.flight, control.retry_at) {
-            (Some(flight), _) => entry.usable_until.min(flight.stalled_at()),
-            (None, retry_at) => entry
-                .refresh_at
-                .max(retry_at.unwrap_or(now))
-                .max(control.ahead_after.unwrap_or(now))
+        let next = match &control.flight {
+            Some(flight) => entry.usable_until.min(flight.stalled_at()),
+            None => control
+                .refresh_ahead_from(entry, now)
                 .min(entry.usable_until),
         };
         let Some(driven) = self.arm(control, next) else {

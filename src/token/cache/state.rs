@@ -266,10 +266,7 @@ impl Shared {
         control.reap_dead_flight(now);
         if let Some(entry) = control.entry.clone() {
             if now < entry.usable_until {
-                let due = [control.retry_at, control.ahead_after]
-                    .iter()
-                    .all(|at| at.is_none_or(|at| now >= at));
-                if now >= entry.refresh_at && control.flight.is_none() && due {
+                if now >= control.refresh_ahead_from(&entry, now) && control.flight.is_none() {
                     tracing::debug!(
                         remaining = ?entry.usable_until - now,
                         "refreshing the access token ahead of expiry"
@@ -429,6 +426,15 @@ impl Shared {
 }
 
 impl Control {
+    /// When a refresh ahead of `entry` may start: its refresh time, but not before a failure's
+    /// backoff or a cancelled refresh's wait is over (`now` stands in for either that is unset).
+    pub(super) fn refresh_ahead_from(&self, entry: &Entry, now: Instant) -> Instant {
+        entry
+            .refresh_at
+            .max(self.retry_at.unwrap_or(now))
+            .max(self.ahead_after.unwrap_or(now))
+    }
+
     /// Forgets a fetch whose task was dropped before it first ran, or that stalled.
     fn reap_dead_flight(&mut self, now: Instant) {
         if self.flight.as_ref().is_some_and(|f| f.is_dead(now)) {
