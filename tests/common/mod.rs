@@ -21,6 +21,7 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
+pub mod besender;
 pub mod source;
 
 /// One request as the server received it.

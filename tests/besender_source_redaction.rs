@@ -1,0 +1,88 @@
+//! `BesenderTokenSource` never shows the client secret or a token: not in `Debug`, and not
+//! in errors quoting what a server sent back, whatever encoding the server echoed it in.
+
+mod common;
+
+use besender_auth::{BesenderTokenSource, TokenSource};
+use common::{
+    Reply, ScriptedServer,
+    besender::{SECRET, assert_no_secrets, error_from},
+};
+
+#[tokio::test]
+async fn a_server_that_echoes_the_secret_does_not_leak_it_into_errors() {
+    let body = format!(r#"{{"code":401,"message":"secret {SECRET} is wrong"}}"#);
+    let err = error_from(Reply::json(200, body)).await;
+    assert!(err.to_string().contains("[redacted]"));
+}
+
+/// A server that quotes the refused request back writes the secret in its own encoding (PHP
+/// escapes `/` as `\/`, Go escapes `<`, `>` and `&`, a form percent-encodes it), and a gateway
+/// may quote the key it refused: none of them reach the error.
+#[tokio::test]
+async fn secrets_echoed_in_other_encodings_and_refused_gateway_keys_are_scrubbed() {
+    let secret = "Zm9v/YmFy+<cAREf>&Czu==";
+    let key = "gw-key-7f3a9c1e5b2d4f60";
+    for echoed in [
+        r#"{"client_id":19,"client_secret":"Zm9v\/YmFy+<cAREf>&Czu=="}"#,
+        r#"{"client_secret":"Zm9v/YmFy+\u003ccAREf\u003e\u0026Czu=="}"#,
+        "client_id=19&client_secret=Zm9v%2FYmFy%2B%3CcAREf%3E%26Czu%3D%3D",
+        "API key gw-key-7f3a9c1e5b2d4f60 is not allowed",
+        // .NET's default encoder, uppercase escapes, a WHATWG form.
+        r#"{"client_secret":"Zm9v/YmFy\u002B\u003CcAREf\u003E\u0026Czu=="}"#,
+        "client_secret=Zm9v%2FYmFy%2B%3CcAREf%3E%26Czu%3D%3D&grant_type=client_credentials",
+    ] {
+        let body =
+            serde_json::json!({"code": 401, "message": format!("invalid: {echoed}"), "data": null});
+        let server = ScriptedServer::start(Reply::json(200, body.to_string())).await;
+        let err = BesenderTokenSource::builder(server.url())
+            .client_id(19)
+            .client_secret(secret)
+            .header("x-api-key", key)
+            .build()
+            .unwrap()
+            .fetch()
+            .await
+            .expect_err("refused");
+        let text = format!("{err} {err:?} {err:#?}");
+        for leaked in ["cAREf", "Czu", key] {
+            assert!(!text.contains(leaked), "{echoed}: {text}");
+        }
+        assert!(text.contains("[redacted]"), "{text}");
+    }
+}
+
+/// Only credential headers are scrubbed: an ordinary header value stays readable in messages.
+
+#[tokio::test]
+async fn an_ordinary_header_value_is_not_cut_out_of_messages() {
+    let body = r#"{"code":401,"message":"client 19 is not enabled in production","data":null}"#;
+    let server = ScriptedServer::start(Reply::json(200, body)).await;
+    let err = BesenderTokenSource::builder(server.url())
+        .client_id(19)
+        .client_secret(SECRET)
+        .header("x-tenant", "production")
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("not enabled in production"),
+        "{err}"
+    );
+}
+
+#[test]
+fn debug_of_builder_and_source_never_shows_the_secret() {
+    let builder = BesenderTokenSource::builder("http://127.0.0.1:9")
+        .client_id(19)
+        .client_secret(SECRET);
+    let builder_text = format!("{builder:?}");
+    let source = builder.build().unwrap();
+    let source_text = format!("{source:?} {source:#?}");
+    for text in [builder_text, source_text] {
+        assert_no_secrets(&text);
+        assert!(text.contains("[redacted]"), "{text}");
+    }
+}
