@@ -22,6 +22,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, task::JoinHandle};
 
 pub mod besender;
+pub mod layer;
 pub mod source;
 
 /// One request as the server received it.
