@@ -242,6 +242,7 @@ impl<B> Replay<B> {
                 shared: Arc::clone(&self.shared),
                 sent_frames: 0,
                 sent_trailers: false,
+                polled: false,
             }),
         })
     }

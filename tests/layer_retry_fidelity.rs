@@ -1,14 +1,11 @@
-//! Retry fidelity on the wire: the retry goes out as the first attempt did (the same header
-//! section but for the token, the same framing, the same body bytes and trailers), the cap's
-//! boundary, the counters, a concurrency limit of one, an early refusal of an unread body, and
-//! a gRPC client stream refused trailers-only. Every server is on 127.0.0.1.
+//! Retry fidelity on the wire (its framing: `layer_retry_framing.rs`): the cap's boundary, the
+//! counters, a concurrency limit of one, an early refusal of an unread body, and a gRPC client
+//! stream refused trailers-only. Every server is on 127.0.0.1.
 
 mod common;
 
 use std::{
-    collections::VecDeque,
     convert::Infallible,
-    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -20,230 +17,19 @@ use std::{
 
 use besender_auth::{BesenderAuth, BesenderAuthLayer, ReplayBody};
 use bytes::Bytes;
-use common::{hyper_client, source::TestSource};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
+use common::{
+    hyper_client,
+    recording::{Frames, layer, recording_server, without_authorization},
+    source::TestSource,
 };
+use http::{Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::Full;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use tokio::{net::TcpListener, time::timeout};
 use tower::{Layer, ServiceExt};
 
 const HANG: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------------------------------------
-// Fixtures
-
-/// A well-behaved streaming body: frames handed out in order, size unknown, and
-/// `is_end_stream` true once every frame (trailers included) was read.
-struct Frames(VecDeque<Frame<Bytes>>);
-
-impl Frames {
-    fn new(chunks: &[&'static str], trailers: Option<HeaderMap>) -> Self {
-        let mut frames: VecDeque<_> = chunks
-            .iter()
-            .map(|c| Frame::data(Bytes::from_static(c.as_bytes())))
-            .collect();
-        if let Some(t) = trailers {
-            frames.push_back(Frame::trailers(t));
-        }
-        Self(frames)
-    }
-}
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default() // unknown: the caller streams it
-    }
-}
-
-/// One request as the server saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    version: Version,
-    headers: HeaderMap,
-    body: Bytes,
-    trailers: Option<HeaderMap>,
-}
-
-/// HTTP/1.1 + h2c server: reads each request in full (body and trailers), records it, answers
-/// 401 `Bearer error="invalid_token"` to `Bearer token-1`, 200 otherwise.
-async fn recording_server() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let log = Arc::clone(&log);
-                    async move {
-                        let (parts, body) = request.into_parts();
-                        let collected = body.collect().await.unwrap();
-                        let trailers = collected.trailers().cloned();
-                        let body = collected.to_bytes();
-                        let refused = parts.headers.get(header::AUTHORIZATION)
-                            == Some(&HeaderValue::from_static("Bearer token-1"));
-                        log.lock().unwrap().push(Seen {
-                            version: parts.version,
-                            headers: parts.headers,
-                            body,
-                            trailers,
-                        });
-                        let mut response = Response::new(Full::new(Bytes::new()));
-                        if refused {
-                            *response.status_mut() = StatusCode::UNAUTHORIZED;
-                            response.headers_mut().insert(
-                                header::WWW_AUTHENTICATE,
-                                HeaderValue::from_static(r#"Bearer error="invalid_token""#),
-                            );
-                        }
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
-}
-
-fn layer() -> (TestSource, BesenderAuthLayer) {
-    let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
-    let layer = BesenderAuthLayer::new(source.source());
-    (source, layer)
-}
-
-fn without_authorization(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = headers
-        .iter()
-        .filter(|(n, _)| *n != header::AUTHORIZATION)
-        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect();
-    v.sort();
-    v
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP/1.1 request trailers survive the retry.
-
-/// RFC 9110 §6.5 / RFC 9112 §7.1.2: trailers travel in chunked framing. The first attempt of a
-/// streaming body is chunked (unknown size) and carries its trailers; so must the retry. (An
-/// earlier version reported the replay's exact size, so hyper framed the retry with
-/// Content-Length, which has no room for trailers, and dropped them.)
-#[tokio::test]
-async fn h1_retry_keeps_request_trailers() {
-    let (addr, seen) = recording_server().await;
-    let (_source, layer) = layer();
-    let service: BesenderAuth<Client<HttpConnector, ReplayBody<Frames>>> =
-        layer.layer(hyper_client(false));
-    let mut trailers = HeaderMap::new();
-    trailers.insert("x-checksum", HeaderValue::from_static("abc123"));
-    let request = Request::post(format!("http://{addr}/upload"))
-        .header(header::TRAILER, "x-checksum")
-        .body(Frames::new(&["hello ", "world"], Some(trailers.clone())))
-        .unwrap();
-    let response = timeout(HANG, service.oneshot(request))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "one refusal, one retry");
-    assert_eq!(seen[0].body, "hello world");
-    assert_eq!(seen[1].body, "hello world");
-    assert_eq!(
-        seen[0].trailers.as_ref(),
-        Some(&trailers),
-        "the first attempt carried its trailers"
-    );
-    assert_eq!(
-        seen[1].trailers.as_ref(),
-        Some(&trailers),
-        "the retry lost the request trailers (retry headers: {:?})",
-        seen[1].headers
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// The retry's framing headers are the first attempt's.
-
-/// The retry carries the same header section as the first attempt (but for the token). For a
-/// streaming body of unknown size the first attempt goes out chunked (HTTP/1.1) or with no
-/// Content-Length (h2), and so does the retry: the replay declares an exact size only if the
-/// caller's body did.
-#[tokio::test]
-async fn retry_keeps_the_first_attempts_framing_headers() {
-    let mut mismatches = Vec::new();
-    for h2 in [false, true] {
-        let (addr, seen) = recording_server().await;
-        let (_source, layer) = layer();
-        let service: BesenderAuth<Client<HttpConnector, ReplayBody<Frames>>> =
-            layer.layer(hyper_client(h2));
-        let request = Request::post(format!("http://{addr}/upload?x=1"))
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Frames::new(&["hello ", "world"], None))
-            .unwrap();
-        let response = timeout(HANG, service.oneshot(request))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "h2: {h2}");
-        let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0].version, seen[1].version);
-        assert_eq!(seen[1].body, "hello world");
-        let (first, retry) = (
-            without_authorization(&seen[0].headers),
-            without_authorization(&seen[1].headers),
-        );
-        if first != retry {
-            let show = |h: &[(String, Vec<u8>)]| {
-                h.iter()
-                    .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            mismatches.push(format!(
-                "{}: first [{}] retry [{}]",
-                if h2 { "h2" } else { "HTTP/1.1" },
-                show(&first),
-                show(&retry)
-            ));
-        }
-    }
-    assert!(
-        mismatches.is_empty(),
-        "the retry's headers differ from the first attempt's:\n{}",
-        mismatches.join("\n")
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// A refusal of a body declared over the cap is counted as a refused replay.
 
 /// `AuthStats::refused_replays` counts refusals not retried because the body is over the cap,
 /// whether it grew past the cap or declared a size over it (then it is never buffered at all).

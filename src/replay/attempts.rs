@@ -45,6 +45,8 @@ pub(super) struct RetryAttempt<B> {
     /// Frames of `kept` this attempt has sent.
     pub(super) sent_frames: usize,
     pub(super) sent_trailers: bool,
+    /// Polled at least once (until then its size hint is the caller's body's at wrap time).
+    pub(super) polled: bool,
 }
 
 impl<B> Shared<B> {
@@ -208,6 +210,7 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.polled = true;
         let mut state = self.shared.lock();
         if state.over_cap {
             // `Replay::take` refuses such a body; never send a truncated one.
@@ -258,6 +261,12 @@ where
     }
 
     pub(super) fn size_hint(&self) -> SizeHint {
+        if !self.polled && self.shared.exact_size {
+            // What the first attempt declared before it was read, and so was framed by: the
+            // kept bytes plus the rest's own hint would trust a rest that may still declare
+            // the whole body (a hint that does not shrink as the body is read).
+            return self.shared.hint;
+        }
         let state = self.shared.lock();
         let unsent = state.kept.len_from(self.sent_frames);
         let hint = match &state.rest {

@@ -8,7 +8,11 @@ use super::*;
 /// A body of scripted frames with a chosen size hint.
 struct Frames {
     frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
+    /// Stays what it was made with as frames are read: a body may (against http-body's "the
+    /// remaining length") keep declaring its whole size.
     hint: SizeHint,
+    /// `is_end_stream` stays false until a poll finds no frame (http-body's default).
+    lazy_end: bool,
 }
 
 impl Frames {
@@ -26,7 +30,13 @@ impl Frames {
         Self {
             frames,
             hint: SizeHint::with_exact(len),
+            lazy_end: false,
         }
+    }
+
+    fn with_lazy_end(mut self) -> Self {
+        self.lazy_end = true;
+        self
     }
 
     fn without_size(mut self) -> Self {
@@ -53,7 +63,7 @@ impl Body for Frames {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty()
+        !self.lazy_end && self.frames.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -252,6 +262,28 @@ async fn a_first_attempt_dropped_unpolled_leaves_the_whole_body_for_the_retry() 
     let (data, trailers) = read(&mut retry, usize::MAX).await;
     assert_eq!(data, b"abcd");
     assert!(trailers.is_some());
+}
+
+/// A client frames a body by its size hint before it polls it (HTTP/1.1 `content-length`),
+/// and stops polling once that many bytes are out. A body that keeps declaring its whole size
+/// as it is read, and reports its end only when polled past it, was left as the rest after a
+/// whole first attempt: the retry then declared the kept bytes plus that rest (20 of 10), and
+/// hyper aborted it short of its declared length. Unpolled, the retry declares what the
+/// caller's body declared when it was wrapped, as the first attempt did.
+#[tokio::test]
+async fn an_unpolled_retry_declares_the_size_the_callers_body_declared() {
+    let body = Frames::new(&["0123", "456789"], false).with_lazy_end();
+    let (mut first, replay) = replayable(body, 64);
+    assert_eq!(first.size_hint().exact(), Some(10));
+    let (sent, _) = read(&mut first, 2).await;
+    assert_eq!(sent, b"0123456789");
+    drop(first); // hyper wrote the declared 10 bytes and let go without polling for the end
+
+    let mut retry = take(&replay.unwrap());
+    assert_eq!(retry.size_hint().exact(), Some(10));
+    let (replayed, _) = read(&mut retry, usize::MAX).await;
+    assert_eq!(replayed, b"0123456789");
+    assert!(retry.is_end_stream());
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 mod auth_server;
 pub mod besender;
 pub mod layer;
+pub mod recording;
 pub mod source;
 
 #[allow(unused_imports)] // each test binary uses its own subset
