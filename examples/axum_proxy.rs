@@ -19,7 +19,7 @@ use axum::{
     routing::post,
 };
 use besender_auth::{
-    BesenderAuth, BesenderAuthLayer, BesenderTokenSource, ReplayBody, Token, testing::FakeBesender,
+    BesenderAuth, BesenderAuthLayer, BesenderTokenSource, ReplayBody, testing::FakeBesender,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, channel::Channel};
@@ -53,8 +53,8 @@ async fn store(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    // Ask the platform whether it still honours this token (`accepts` takes a `Token`).
-    if !token.is_some_and(|token| fake.accepts(&Token::bearer(token, Duration::from_secs(60)))) {
+    // Ask the platform whether it still honours this token.
+    if !token.is_some_and(|token| fake.accepts_access_token(token)) {
         println!("   upstream: token not accepted -> 401, body left unread");
         let challenge = [(header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)];
         return Err((StatusCode::UNAUTHORIZED, challenge).into_response());

@@ -16,12 +16,9 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
 };
 
-use besender_auth::{
-    BesenderAuthLayer, BesenderTokenSource, ReplayBody, Token, testing::FakeBesender,
-};
+use besender_auth::{BesenderAuthLayer, BesenderTokenSource, ReplayBody, testing::FakeBesender};
 use http::uri::PathAndQuery;
 use tokio::net::TcpListener;
 use tonic::{
@@ -115,8 +112,8 @@ async fn start_server(fake: Arc<FakeBesender>, calls: Arc<AtomicU64>) -> std::io
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("no bearer token"))?;
-        // Ask the platform whether it still honours this token (`accepts` takes a `Token`).
-        if !fake.accepts(&Token::bearer(token, Duration::from_secs(60))) {
+        // Ask the platform whether it still honours this token.
+        if !fake.accepts_access_token(token) {
             // An interceptor's error is a trailers-only answer: grpc-status 16 in the headers,
             // which is what the layer recognizes as a refusal of the token.
             println!("   server: token not accepted -> UNAUTHENTICATED");

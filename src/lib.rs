@@ -49,22 +49,39 @@
 //!   errors or logs; the header is marked sensitive.
 //!
 //! # tonic
-//! tonic's `Channel` takes its own body type: convert under the layer.
+//! tonic's `Channel` takes its own body type: convert under the layer. To keep the stack in a
+//! struct, name its type with a function rather than a closure.
 //!
 //! ```no_run
-//! use besender_auth::{BesenderAuthLayer, ReplayBody, Token};
-//! use tower::ServiceBuilder;
+//! use besender_auth::{BesenderAuth, BesenderAuthLayer, ReplayBody};
+//! use tonic::{body::Body, transport::Channel};
+//! use tower::{Layer, util::MapRequest};
 //!
-//! # async fn run(channel: tonic::transport::Channel, layer: BesenderAuthLayer) {
-//! let stack = ServiceBuilder::new()
-//!     .layer(layer)
-//!     .map_request(|request: http::Request<ReplayBody<tonic::body::Body>>| {
-//!         request.map(tonic::body::Body::new)
-//!     })
-//!     .service(channel);
-//! let grpc = tonic::client::Grpc::new(stack); // or YourServiceClient::new(stack)
-//! # }
+//! type ToTonic = fn(http::Request<ReplayBody<Body>>) -> http::Request<Body>;
+//! type GrpcStack = BesenderAuth<MapRequest<Channel, ToTonic>>;
+//!
+//! fn stack(channel: Channel, layer: &BesenderAuthLayer) -> GrpcStack {
+//!     let to_tonic: ToTonic = |request| request.map(Body::new);
+//!     layer.layer(MapRequest::new(channel, to_tonic))
+//! }
+//!
+//! # async fn run(channel: Channel, layer: BesenderAuthLayer) -> Result<(), besender_auth::Error> {
+//! let mut grpc = tonic::client::Grpc::new(stack(channel.clone(), &layer)); // or YourClient::new(..)
+//! grpc.ready().await?; // before each call: this is where a call waits for a token
+//! # let with_status = tower::ServiceBuilder::new()
+//! #     .map_err(|e: besender_auth::Error| tonic::Status::unavailable(e.to_string()))
+//! #     .service(stack(channel, &layer));
+//! # let mut grpc = tonic::client::Grpc::new(with_status);
+//! # let _: Result<(), tonic::Status> = grpc.ready().await;
+//! # Ok(()) }
 //! ```
+//!
+//! A refusal is `grpc-status: 16` in the response headers (a trailers-only answer, which is what
+//! a server's interceptor sends); an `UNAUTHENTICATED` that ends a stream the server had begun
+//! answering comes too late to retry, and passes through. When no token can be had, tonic sees
+//! [`Error::Token`] and, not knowing the type, reports `Code::Unknown`; to choose the code, map
+//! the error above the layer, e.g. `ServiceBuilder::new().map_err(|e: besender_auth::Error|
+//! tonic::Status::unavailable(e.to_string())).layer(layer)`. See `examples/grpc.rs`.
 //!
 //! # Modules
 //! - [`Token`] and [`TokenSource`]: what a token is and where it comes from;

@@ -36,6 +36,19 @@ use crate::{
 /// - A refusal (see [`classify`](crate::classify)) invalidates exactly the refused token, gets a
 ///   fresh one and sends the request again, once, on a fresh clone of the inner service, with
 ///   the same method, URI, version, headers, extensions and (replayed) body.
+///
+/// The inner service takes the caller's request with its body wrapped in a
+/// [`ReplayBody`](crate::ReplayBody): a `BesenderAuth<S>` serves `Request<B>` when `S` serves
+/// `Request<ReplayBody<B>>`. So a hyper-util client under the layer is built for that body type
+/// (the compiler infers it where the client is built in place):
+///
+/// ```
+/// use besender_auth::{BesenderAuth, ReplayBody};
+/// use hyper_util::client::legacy::{Client, connect::HttpConnector};
+///
+/// // Serves `Request<axum::body::Body>`, for a proxy forwarding its inbound bodies.
+/// type Upstream = BesenderAuth<Client<HttpConnector, ReplayBody<axum::body::Body>>>;
+/// ```
 pub struct BesenderAuth<S> {
     inner: S,
     core: Arc<Core<S>>,

@@ -293,7 +293,23 @@ impl FakeBesender {
     pub fn accepts(&self, token: &Token) -> bool {
         token
             .expose_access_token()
-            .is_some_and(|t| self.state.is_valid(t))
+            .is_some_and(|t| self.accepts_access_token(t))
+    }
+
+    /// Whether `/api/demo` would accept this access token (the text after `Bearer `) now: for
+    /// a protected server of your own, such as a tonic interceptor, that checks the tokens
+    /// FakeBesender issued.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+    /// use besender_auth::testing::FakeBesender;
+    ///
+    /// let fake = FakeBesender::start().await?;
+    /// assert!(!fake.accepts_access_token("never-issued"));
+    /// # Ok(()) }
+    /// ```
+    pub fn accepts_access_token(&self, access_token: &str) -> bool {
+        self.state.is_valid(access_token)
     }
 }
 
