@@ -211,3 +211,103 @@ async fn the_default_load_timeouts_are_pinned() {
     );
     assert_eq!(start.elapsed(), Duration::from_secs(10));
 }
+
+/// Records each event's message, and reads the cache's stats as it does (a subscriber that
+/// attaches them to every event, say).
+struct StatsOnEveryEvent {
+    cache: TokenCache,
+    messages: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+struct Message<'a>(&'a mut String);
+
+impl tracing::field::Visit for Message<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            *self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl tracing::Subscriber for StatsOnEveryEvent {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let _ = self.cache.stats();
+        let mut message = String::new();
+        event.record(&mut Message(&mut message));
+        self.messages.lock().unwrap().push(message);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// kube #829/#835 again: a subscriber is user code, and may call back into the cache (here it
+/// reads the stats with every event). The cache's lock is not reentrant, so the cache reports
+/// nothing while it holds it: a fetch, a refresh ahead, a failure, a refusal, a rate-limited
+/// refusal and an expiry each report, and none deadlocks the thread.
+#[test]
+fn a_subscriber_that_reads_the_cache_on_every_event_does_not_deadlock_it() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&calls);
+        let cache = TokenCache::builder(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    1 => Err(SourceDown),
+                    _ => Ok(Token::bearer(format!("t{n}"), Duration::from_secs(100))),
+                }
+            }
+        })
+        .refresh_jitter(0.0)
+        .build();
+        let subscriber = StatsOnEveryEvent {
+            cache: cache.clone(),
+            messages: Arc::default(),
+        };
+        let messages = Arc::clone(&subscriber.messages);
+        let _default = tracing::subscriber::set_default(subscriber);
+        runtime.block_on(async {
+            let first = cache.get().await.unwrap();
+            // Half-way: the refresh ahead starts, and fails (the token stays).
+            advance(Duration::from_secs(51)).await;
+            assert!(cache.get().await.unwrap().same_token(&first));
+            settle().await;
+            assert!(cache.invalidate(&first), "a refusal evicts");
+            let forced = cache.get().await.unwrap();
+            assert!(!cache.invalidate(&forced), "rate-limited");
+            advance(Duration::from_secs(100)).await;
+            assert!(!cache.get().await.unwrap().same_token(&forced), "expired");
+        });
+        let _ = done_tx.send(messages.lock().unwrap().clone());
+    });
+    let messages = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an event deadlocked the cache's thread");
+    for expected in [
+        "access token cached",
+        "refreshing the access token ahead of expiry",
+        "token fetch failed",
+        "access token refused; refreshing",
+        "not refreshing again",
+        "the cached access token expired",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.contains(expected)),
+            "no {expected:?} in {messages:?}"
+        );
+    }
+}

@@ -201,14 +201,16 @@ async fn debug_of_everything_holding_a_token_shows_no_token() {
                 .unwrap_err()
         )
     );
+    let token = layer.cache().get().await.unwrap();
+    let sent = bodies.lock().unwrap().join(" ");
     let texts = [
         ready,
         in_flight,
-        bodies.lock().unwrap().join(" "),
+        sent,
         format!("{layer:?}"),
         format!("{:?}", layer.stats()),
         format!("{:?}", layer.cache()),
-        format!("{:?}", layer.cache().get().await.unwrap()),
+        format!("{token:?}"),
         format!("{:?}", layer.cache().cached_header()),
         err,
     ];

@@ -2,6 +2,7 @@
 
 mod alarm;
 mod builder;
+mod event;
 mod flight;
 mod intern;
 mod local;

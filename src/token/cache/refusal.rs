@@ -9,7 +9,10 @@ use std::sync::{
 
 use tokio::time::Instant;
 
-use super::state::{Entry, Origin, Shared};
+use super::{
+    event::{self, Event},
+    state::{Entry, Origin, Shared},
+};
 
 /// Counters of the layer's refusal path, kept with the cache so that response futures reach
 /// them through the cache's id instead of a reference count; the hot path never touches them.
@@ -32,6 +35,18 @@ impl Shared {
     /// Evicts the served entry if `is_refused` says it is the refused one, and forces a refresh,
     /// subject to the rate limit. Returns whether it evicted.
     pub(super) fn invalidate(self: &Arc<Self>, is_refused: impl Fn(&Entry) -> bool) -> bool {
+        let mut event = None;
+        let evicted = self.invalidate_locked(is_refused, &mut event);
+        event::emit(event);
+        evicted
+    }
+
+    /// [`invalidate`](Self::invalidate) under the lock; what it reports goes to `event`.
+    fn invalidate_locked(
+        self: &Arc<Self>,
+        is_refused: impl Fn(&Entry) -> bool,
+        event: &mut Option<Event>,
+    ) -> bool {
         let mut control = self.lock();
         control.reap_dead_flight(Instant::now());
         let Some(entry) = control.entry.clone() else {
@@ -52,15 +67,12 @@ impl Shared {
         let vouched = entry.retry_accepted.load(Ordering::Relaxed);
         if forced_recently && (!vouched || within(control.last_vouched_bypass)) {
             control.stats.rate_limited_refreshes += 1;
-            tracing::debug!(
-                "refused token came from a forced refresh moments ago; not refreshing again"
-            );
+            *event = Some(Event::RefusedRecently);
             return false;
         }
-        tracing::debug!(
-            generation = entry.generation,
-            "access token refused; refreshing"
-        );
+        *event = Some(Event::Refused {
+            generation: entry.generation,
+        });
         if forced_recently {
             // Not limited, so this is the vouched-for exception.
             control.last_vouched_bypass = Some(now);

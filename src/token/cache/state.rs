@@ -4,6 +4,9 @@
 //! - `Control` (behind a `std::sync::Mutex`, never held across an `.await`) is the truth: the
 //!   token served (`entry`), the running fetch (`flight`, at most one), the failure streak and
 //!   the alarm. Every transition happens under the lock.
+//!   No user code runs under it: not the source (it runs on the fetch's task), and not a
+//!   `tracing` subscriber or a source error's `Display` (a transition returns its `Event`,
+//!   emitted once the guard is dropped; see `event.rs`).
 //! - `state` is the hot path's view of `Control`: `generation << GENERATION_SHIFT`, plus the
 //!   `CHECK` and `CLOCK` bits.
 //!   Without `CHECK`, the entry with that generation is valid and needs nothing, and any caller
@@ -59,6 +62,7 @@ use tokio::time::Instant;
 use super::{
     CacheStats, Config,
     alarm::Alarm,
+    event::{self, Event},
     flight::{DynSource, Flight, FlightResult, RunningFlight},
     refusal::RefusalCounters,
     schedule::asked_wait,
@@ -245,23 +249,30 @@ impl Shared {
     /// [`lookup`](Self::lookup); with `will_wait` false, a `Wait` is not counted as a coalesced
     /// wait (the caller drops it).
     pub(crate) fn lookup_with(self: &Arc<Self>, will_wait: bool) -> Lookup {
+        let mut event = None;
+        let lookup = self.lookup_locked(will_wait, &mut event);
+        event::emit(event);
+        lookup
+    }
+
+    /// [`lookup_with`](Self::lookup_with) under the lock; what it reports goes to `event`.
+    fn lookup_locked(self: &Arc<Self>, will_wait: bool, event: &mut Option<Event>) -> Lookup {
         let mut control = self.lock();
         let now = Instant::now();
         control.reap_dead_flight(now);
         if let Some(entry) = control.entry.clone() {
             if now < entry.usable_until {
                 if now >= control.refresh_ahead_from(&entry, now) && control.flight.is_none() {
-                    tracing::debug!(
-                        remaining = ?entry.usable_until - now,
-                        "refreshing the access token ahead of expiry"
-                    );
+                    *event = Some(Event::RefreshingAhead {
+                        remaining: entry.usable_until - now,
+                    });
                     // Without a runtime the fetch cannot start; the token is still good.
                     let _ = self.spawn_fetch(&mut control, Origin::Normal);
                 }
                 self.publish_valid(&mut control, &entry, now);
                 return Lookup::Ready(entry);
             }
-            tracing::debug!("the cached access token expired");
+            *event = Some(Event::Expired);
             control.entry = None;
         }
         self.publish_check(&control);
@@ -295,6 +306,18 @@ impl Shared {
         origin: Origin,
         flight_id: u64,
     ) -> FlightResult {
+        let (result, event) = self.finish_locked(result, origin, flight_id);
+        event.emit();
+        result
+    }
+
+    /// [`finish`](Self::finish) under the lock, with what it reports.
+    fn finish_locked(
+        self: &Arc<Self>,
+        result: Result<Token, TokenError>,
+        origin: Origin,
+        flight_id: u64,
+    ) -> (FlightResult, Event) {
         let mut control = self.lock();
         // A stalled fetch may finish after a newer one started: that one keeps running.
         if control.flight.as_ref().is_some_and(|f| f.id == flight_id) {
@@ -305,18 +328,17 @@ impl Shared {
             Ok(token) => {
                 control.generation += 1;
                 let entry = Arc::new(self.schedule(&mut control, token, origin, now));
-                tracing::debug!(
-                    generation = entry.generation,
-                    refresh_in = ?entry.refresh_at - now,
-                    "access token cached"
-                );
+                let cached = Event::Cached {
+                    generation: entry.generation,
+                    refresh_in: entry.refresh_at - now,
+                };
                 control.entry = Some(Arc::clone(&entry));
                 control.failures = 0;
                 control.last_error = None;
                 control.retry_at = None;
                 control.ahead_after = None;
                 self.publish_valid(&mut control, &entry, now);
-                Some(Ok(entry))
+                (Some(Ok(entry)), cached)
             }
             Err(err) => {
                 control.stats.failed_fetches += 1;
@@ -324,8 +346,8 @@ impl Shared {
                     // Given up as stalled, this fetch was replaced: its failure says nothing
                     // about the newer fetch's token, and backing off (or holding this error)
                     // would delay that token's refresh.
-                    tracing::debug!(error = %err, "a fetch given up as stalled failed");
-                    return Some(Err(err));
+                    let event = Event::StalledFetchFailed(err.clone());
+                    return (Some(Err(err)), event);
                 }
                 control.failures = control.failures.saturating_add(1);
                 // What the endpoint asked for, but never past the valid token's usable time:
@@ -335,7 +357,10 @@ impl Shared {
                     asked = asked.min(entry.usable_until.saturating_duration_since(now));
                 }
                 let delay = self.backoff(&mut control).max(asked);
-                tracing::warn!(error = %err, retry_in = ?delay, "token fetch failed");
+                let failed = Event::FetchFailed {
+                    error: err.clone(),
+                    retry_in: delay,
+                };
                 control.retry_at = Some(now + delay);
                 control.last_error = Some(err.clone());
                 match control.entry.clone() {
@@ -343,7 +368,7 @@ impl Shared {
                     Some(entry) => self.publish_valid(&mut control, &entry, now),
                     None => self.publish_check(&control),
                 }
-                Some(Err(err))
+                (Some(Err(err)), failed)
             }
         }
     }
