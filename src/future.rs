@@ -132,7 +132,7 @@ enum Step<B> {
     /// Waiting for the first attempt to let go of the body.
     Body {
         lease: Lease,
-        wait: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+        wait: Option<Pin<Box<dyn Future<Output = bool> + Send + Sync>>>,
     },
     /// Waiting for the fresh clone of the inner service to be ready.
     Ready(Option<RetryRequest<B>>),

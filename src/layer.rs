@@ -170,7 +170,14 @@ impl BesenderAuthLayer {
     /// Counters of refusals and retries, over every service that uses this layer's token cache
     /// (this layer's, its clones', and those of layers made with the same cache).
     pub fn stats(&self) -> AuthStats {
-        let c = self.cache.refusals();
+        AuthStats::of(&self.cache)
+    }
+}
+
+impl AuthStats {
+    /// The counters of the services using `cache`.
+    pub(crate) fn of(cache: &TokenCache) -> Self {
+        let c = cache.refusals();
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         AuthStats {
             refusals: get(&c.refusals),

@@ -89,15 +89,23 @@
 //! - [`TokenCache`]: one token for every caller, fetched once, refreshed ahead of expiry.
 //! - [`BesenderAuthLayer`], [`BesenderAuth`], [`ResponseFuture`]: the middleware.
 //! - [`classify`]: what counts as a refusal. [`ReplayBody`]: the replayable request body.
-//! - [`testing`] (feature `test-util`): [`FakeBesender`](testing::FakeBesender).
+#![cfg_attr(
+    feature = "test-util",
+    doc = "- [`testing`] (feature `test-util`): [`FakeBesender`](testing::FakeBesender), a real \
+           Besender-compatible server on 127.0.0.1 for your own tests."
+)]
+#![cfg_attr(
+    not(feature = "test-util"),
+    doc = "- `testing` (feature `test-util`): `FakeBesender`, a real Besender-compatible server \
+           on 127.0.0.1 for your own tests."
+)]
 //!
 //! # Features
 //! - `rustls` (default): the built-in client of [`BesenderTokenSource`] speaks TLS (rustls with
 //!   its `ring` provider, Mozilla's root certificates), so `https://` token endpoints work as
 //!   they are. Without it, pass a TLS-capable client with
 //!   [`http_client`](BesenderTokenSourceBuilder::http_client).
-//! - `test-util`: [`testing::FakeBesender`], a real Besender-compatible server on 127.0.0.1 for
-//!   your own tests.
+//! - `test-util`: the `testing` module.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

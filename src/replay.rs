@@ -138,14 +138,40 @@ pub(crate) enum Take<B> {
     Refused,
 }
 
-impl<B: Body> ReplayBody<B> {
+impl<B> ReplayBody<B> {
+    /// `body` as it is, kept for no replay: for sending a request through the same inner
+    /// service without the layer (a proxy reusing the client, and its connection pool, for
+    /// requests that need no token), or for testing an inner service on its own.
+    ///
+    /// ```
+    /// use besender_auth::ReplayBody;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    ///
+    /// let body = ReplayBody::new(Full::new(Bytes::from_static(b"{}")));
+    /// let request = http::Request::post("http://127.0.0.1/health").body(body).unwrap();
+    /// # drop(request);
+    /// ```
+    pub fn new(body: B) -> Self {
+        Self::passthrough(body)
+    }
+
     /// The body as is, for a request that will not be retried.
     pub(crate) fn passthrough(body: B) -> Self {
         Self {
             kind: Kind::Passthrough(body),
         }
     }
+}
 
+impl<B> From<B> for ReplayBody<B> {
+    /// [`ReplayBody::new`].
+    fn from(body: B) -> Self {
+        Self::new(body)
+    }
+}
+
+impl<B: Body> ReplayBody<B> {
     /// Whether `body` may be kept for a replay: its size hint does not already exceed `cap`.
     #[inline]
     pub(crate) fn fits(body: &B, cap: usize) -> bool {
@@ -250,7 +276,7 @@ impl<B> Replay<B> {
     /// Announces that the retry waits for the first attempt's body (after [`take`](Self::take)
     /// said `Held`), and resolves once it has been dropped or has given up keeping frames: at
     /// once if that happened in between, since the future re-checks before each wait.
-    pub(crate) fn released(&self) -> impl Future<Output = ()> + Send + 'static
+    pub(crate) fn released(&self) -> impl Future<Output = ()> + Send + Sync + 'static
     where
         B: Send + 'static,
     {

@@ -16,9 +16,9 @@ use crate::{
     error::{BoxError, Error, TokenError, TokenErrorKind},
     future::{OnRefusal, ResponseFuture, Retry},
     head::RequestHead,
-    layer::Core,
+    layer::{AuthStats, Core},
     replay::ReplayBody,
-    token::cache::{Acquire, Lease, LeaseFuture},
+    token::cache::{Acquire, Lease, LeaseFuture, TokenCache},
 };
 
 /// The middleware made by [`BesenderAuthLayer`](crate::BesenderAuthLayer): authenticates each
@@ -102,8 +102,9 @@ impl<S> BesenderAuth<S> {
         &self.inner
     }
 
-    /// The inner service, mutably. Retries are cloned from a copy of the inner service made on
-    /// the first retryable call, so changes made here after that are not seen by retries.
+    /// The inner service, mutably. Retries are cloned from one copy of the inner service,
+    /// shared by this service and its clones and made on the first retryable call of any of
+    /// them, so changes made here after that are not seen by retries.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
@@ -111,6 +112,19 @@ impl<S> BesenderAuth<S> {
     /// The inner service, consuming the middleware.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+
+    /// The token cache this service and its clones share (the layer's).
+    pub fn cache(&self) -> &TokenCache {
+        &self.core.cache
+    }
+
+    /// Counters of refusals and retries, as [`BesenderAuthLayer::stats`] reports them: for
+    /// an application that keeps the service and not the layer.
+    ///
+    /// [`BesenderAuthLayer::stats`]: crate::BesenderAuthLayer::stats
+    pub fn stats(&self) -> AuthStats {
+        AuthStats::of(&self.core.cache)
     }
 }
 

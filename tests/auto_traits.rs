@@ -1,9 +1,12 @@
 //! The public types can be shared and sent the way Tower stacks, axum state and tokio tasks need,
 //! and stay small where a client moves them.
 
+use std::{convert::Infallible, future::Ready};
+
 use besender_auth::{
-    BesenderAuth, BesenderAuthLayer, BesenderError, BesenderTokenSource, Error, ReplayBody,
-    ResponseFuture, Token, TokenCache, TokenError,
+    BesenderAuth, BesenderAuthLayer, BesenderError, BesenderTokenSource,
+    BesenderTokenSourceBuilder, ConfigError, Error, ReplayBody, ResponseFuture, Token, TokenCache,
+    TokenCacheBuilder, TokenError, testing::FakeBesender,
 };
 use bytes::Bytes;
 use http::Request;
@@ -27,6 +30,58 @@ fn shared_types_are_send_and_sync() {
     send_sync::<Error>();
     send_sync::<TokenError>();
     send_sync::<BesenderError>();
+    send_sync::<ConfigError>();
+    send_sync::<TokenCacheBuilder>();
+    send_sync::<BesenderTokenSourceBuilder>();
+    send_sync::<FakeBesender>();
+}
+
+fn sync<T: Sync>() {}
+fn unpin<T: Unpin>() {}
+
+/// An inner service whose future is `Send`, `Sync` and `Unpin`.
+#[derive(Clone)]
+struct Plain;
+
+impl Service<Request<ReplayBody<Full<Bytes>>>> for Plain {
+    type Response = http::Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<http::Response<()>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+/// As tower-http's futures are: `Sync` and `Unpin` when the inner future is (the retry's wait
+/// for the body included).
+#[test]
+fn the_response_future_is_sync_and_unpin_when_the_inner_future_is() {
+    type Future = <BesenderAuth<Plain> as Service<Request<Full<Bytes>>>>::Future;
+    sync::<Future>();
+    unpin::<Future>();
+}
+
+/// An axum proxy's body is `Send` but not `Sync`: its response future is still `Send`, as an
+/// axum handler needs.
+#[test]
+fn the_response_future_of_a_proxy_forwarding_axum_bodies_is_send() {
+    type Proxy = Client<HttpConnector, ReplayBody<axum::body::Body>>;
+    send::<<BesenderAuth<Proxy> as Service<Request<axum::body::Body>>>::Future>();
+}
+
+#[test]
+fn the_cache_s_futures_are_send() {
+    fn send_value<T: Send>(_: &T) {}
+    let cache = TokenCache::new(Token::bearer_static("abc"));
+    send_value(&cache.get());
 }
 
 #[test]

@@ -50,6 +50,26 @@ async fn secrets_echoed_in_other_encodings_and_refused_gateway_keys_are_scrubbed
         }
         assert!(text.contains("[redacted]"), "{text}");
     }
+    assert!(builder_text_of("http://127.0.0.1:9").contains("127.0.0.1:9"));
+}
+
+fn builder_text_of(base_url: &str) -> String {
+    format!("{:?}", BesenderTokenSource::builder(base_url))
+}
+
+/// A base URL may carry credentials (a user part, a query, a fragment): the builder's `Debug`
+/// does not show it, as `build`'s error does not.
+#[test]
+fn debug_of_a_builder_never_shows_credentials_in_its_base_url() {
+    for url in [
+        "https://user:hunter2@open.example.com",
+        "https://open.example.com/?key=hunter2",
+        "https://open.example.com/#hunter2",
+    ] {
+        let text = builder_text_of(url);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("not shown"), "{text}");
+    }
 }
 
 /// Only credential headers are scrubbed: an ordinary header value stays readable in messages.

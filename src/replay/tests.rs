@@ -245,11 +245,18 @@ async fn release_is_signalled_even_if_it_happened_before_the_wait() {
 
 #[tokio::test]
 async fn passthrough_streams_the_body_unchanged() {
-    let mut body = ReplayBody::passthrough(Frames::new(&["x", "y"], true));
-    assert_eq!(body.size_hint().exact(), Some(2));
-    let (data, trailers) = read(&mut body, usize::MAX).await;
-    assert_eq!(data, b"xy");
-    assert!(trailers.is_some());
+    // As the layer makes it, and as a user does (`new`, `From`).
+    for mut body in [
+        ReplayBody::passthrough(Frames::new(&["x", "y"], true)),
+        ReplayBody::new(Frames::new(&["x", "y"], true)),
+        ReplayBody::from(Frames::new(&["x", "y"], true)),
+    ] {
+        assert_eq!(body.size_hint().exact(), Some(2));
+        let (data, trailers) = read(&mut body, usize::MAX).await;
+        assert_eq!(data, b"xy");
+        assert!(trailers.is_some());
+        assert!(body.is_end_stream());
+    }
 }
 
 #[tokio::test]

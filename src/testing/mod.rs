@@ -65,6 +65,7 @@ use crate::{ClientId, Token};
 
 /// How [`FakeBesender`] fails a token call; see [`FakeBesender::fail_next_token_calls`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TokenFailure {
     /// Answer with this HTTP status and an envelope whose `code` is the same number.
     Status(StatusCode),

@@ -31,7 +31,10 @@ pub struct BesenderTokenSourceBuilder {
 impl fmt::Debug for BesenderTokenSourceBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BesenderTokenSourceBuilder")
-            .field("base_url", &self.base_url)
+            .field(
+                "base_url",
+                &format_args!("{}", shown_base_url(&self.base_url)),
+            )
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("timeout", &self.timeout)
@@ -259,14 +262,18 @@ mod tls {
     }
 }
 
-/// `{base}/open/api/v1/access_token`, checked.
-fn endpoint_uri(base_url: &str) -> Result<Uri, ConfigError> {
-    // Shown only where it cannot hold credentials: a user part, a query or a fragment (even one
-    // that does not parse) may carry a password or a secret.
-    let shown = match base_url.contains(['@', '?', '#']) {
+/// `base_url` quoted, for errors and `Debug`, only where it cannot hold credentials: a user
+/// part, a query or a fragment (even one that does not parse) may carry a password or a secret.
+fn shown_base_url(base_url: &str) -> String {
+    match base_url.contains(['@', '?', '#']) {
         true => "(not shown: it may carry credentials)".to_owned(),
         false => format!("{base_url:?}"),
-    };
+    }
+}
+
+/// `{base}/open/api/v1/access_token`, checked.
+fn endpoint_uri(base_url: &str) -> Result<Uri, ConfigError> {
+    let shown = shown_base_url(base_url);
     let bad = |why: &str| ConfigError::new(format!("base URL {shown} {why}"));
     let base: Uri = base_url
         .trim()
