@@ -18,6 +18,14 @@
 //! assert_eq!(token.token_type(), "Bearer");
 //! // Debug output never shows the token itself.
 //! assert!(!format!("{token:?}").contains("my-token"));
+//!
+//! // The closure is called once per fetch, so what its future owns is cloned for each call.
+//! let api_key = String::from("key-from-config");
+//! let source = move || {
+//!     let api_key = api_key.clone();
+//!     async move { Ok::<_, std::io::Error>(Token::bearer(api_key, Duration::from_secs(60))) }
+//! };
+//! assert!(source.fetch().await.is_ok());
 //! # }
 //! ```
 
