@@ -54,6 +54,7 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use http::HeaderValue;
@@ -306,17 +307,25 @@ impl Shared {
         origin: Origin,
         flight_id: u64,
     ) -> FlightResult {
-        let (result, event) = self.finish_locked(result, origin, flight_id);
+        // An error's `source()` and `Drop` are user code: its chain is read before the lock,
+        // and the error it replaces is dropped after it.
+        let asked = result.as_ref().err().map_or(Duration::ZERO, asked_wait);
+        let mut replaced = None;
+        let (result, event) = self.finish_locked(result, origin, flight_id, asked, &mut replaced);
+        drop(replaced);
         event.emit();
         result
     }
 
-    /// [`finish`](Self::finish) under the lock, with what it reports.
+    /// [`finish`](Self::finish) under the lock, with what it reports; `asked` is the wait the
+    /// error asked for, and the error this one replaces goes to `replaced`.
     fn finish_locked(
         self: &Arc<Self>,
         result: Result<Token, TokenError>,
         origin: Origin,
         flight_id: u64,
+        asked: Duration,
+        replaced: &mut Option<TokenError>,
     ) -> (FlightResult, Event) {
         let mut control = self.lock();
         // A stalled fetch may finish after a newer one started: that one keeps running.
@@ -334,7 +343,7 @@ impl Shared {
                 };
                 control.entry = Some(Arc::clone(&entry));
                 control.failures = 0;
-                control.last_error = None;
+                *replaced = control.last_error.take();
                 control.retry_at = None;
                 control.ahead_after = None;
                 self.publish_valid(&mut control, &entry, now);
@@ -352,7 +361,7 @@ impl Shared {
                 control.failures = control.failures.saturating_add(1);
                 // What the endpoint asked for, but never past the valid token's usable time:
                 // waiting longer would run it out while the endpoint may be back.
-                let mut asked = asked_wait(&err);
+                let mut asked = asked;
                 if let Some(entry) = control.entry.as_ref().filter(|e| e.usable_at(now)) {
                     asked = asked.min(entry.usable_until.saturating_duration_since(now));
                 }
@@ -362,7 +371,7 @@ impl Shared {
                     retry_in: delay,
                 };
                 control.retry_at = Some(now + delay);
-                control.last_error = Some(err.clone());
+                *replaced = control.last_error.replace(err.clone());
                 match control.entry.clone() {
                     // A failed refresh never evicts a valid token.
                     Some(entry) => self.publish_valid(&mut control, &entry, now),
