@@ -26,11 +26,13 @@ use crate::{
 ///
 /// - `poll_ready` first makes sure a token is at hand (waiting for a fetch if none is cached),
 ///   and only then polls the inner service, so no inner capacity (a `Buffer` slot, a concurrency
-///   permit) is held while a token is fetched (unless the token ran out after the inner service
-///   had already said it was ready: then its capacity stays held while the fresh token comes).
+///   permit) is held while a token is fetched. If the token runs out after the inner service
+///   was polled, that service may hold capacity already (even one it is still `Pending` for):
+///   it is replaced by a fresh clone, which holds none, while the fresh token comes.
 ///   If no token can be had, it reports ready anyway and the next `call` fails with
-///   [`Error::Token`](crate::Error::Token) without reaching the inner service: to Tower, an
-///   error from `poll_ready` would mean the service is dead.
+///   [`Error::Token`](crate::Error::Token) without reaching the inner service (whose capacity
+///   is given back the same way): to Tower, an error from `poll_ready` would mean the service
+///   is dead.
 /// - `call` sets `Authorization: Bearer <token>`, marked sensitive, replacing any value the
 ///   caller set, and sends the request.
 /// - A refusal (see [`classify`](crate::classify)) invalidates exactly the refused token, gets a
@@ -60,6 +62,10 @@ pub struct BesenderAuth<S> {
     lease: Option<Lease>,
     /// The fetch `Phase::Waiting` waits for, or the error `Phase::Failed` reports.
     slow: Option<Slow>,
+    /// The inner service was polled since it was last called, so it may hold capacity (a
+    /// permit, a `Buffer` slot, even one queued for while it said `Pending`), which must not
+    /// stay held while this service waits for a token or fails a call for want of one.
+    inner_polled: bool,
 }
 
 /// Where `poll_ready` is in getting a token.
@@ -94,6 +100,7 @@ impl<S> BesenderAuth<S> {
             phase: Phase::Idle,
             lease: None,
             slow: None,
+            inner_polled: false,
         }
     }
 
@@ -104,7 +111,9 @@ impl<S> BesenderAuth<S> {
 
     /// The inner service, mutably. Retries are cloned from one copy of the inner service,
     /// shared by this service and its clones and made on the first retryable call of any of
-    /// them, so changes made here after that are not seen by retries.
+    /// them, so changes made here after that are not seen by retries. Waiting for a token, or
+    /// failing a call for want of one, after the inner service was polled replaces it with a
+    /// fresh clone (see above), so changes made here may not last either.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
@@ -138,6 +147,7 @@ impl<S: Clone> Clone for BesenderAuth<S> {
             phase: Phase::Idle,
             lease: self.lease.clone(),
             slow: None,
+            inner_polled: false,
         }
     }
 }
@@ -177,11 +187,18 @@ where
             // services again before it calls one), may have kept us waiting for a long time.
             Phase::Idle | Phase::Leased | Phase::Ready if self.holds_usable_lease() => {}
             _ => match self.poll_token(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(false) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    self.release_inner();
+                    return Poll::Pending;
+                }
+                Poll::Ready(false) => {
+                    self.release_inner();
+                    return Poll::Ready(Ok(()));
+                }
                 Poll::Ready(true) => {}
             },
         }
+        self.inner_polled = true;
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
                 self.phase = Phase::Ready;
@@ -201,6 +218,7 @@ where
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if self.phase != Phase::Ready {
+            self.release_inner();
             return self.call_unready();
         }
         self.phase = Phase::Idle;
@@ -209,9 +227,11 @@ where
         // never send one known to be dead.
         if !self.holds_usable_lease() {
             if let Err(err) = self.renew_lease() {
+                self.release_inner();
                 return ResponseFuture::failed(Error::Token(err));
             }
         }
+        self.inner_polled = false;
         let lease = self.lease.as_ref().expect("Ready means a lease is held");
         request
             .headers_mut()
@@ -248,6 +268,21 @@ where
         self.core.template.get_or_init(|| Mutex::new(inner.clone()));
         let retry = Retry::new(replay, lease.generation, Arc::clone(&self.core));
         ResponseFuture::first(self.inner.call(request), retry)
+    }
+}
+
+impl<S: Clone> BesenderAuth<S> {
+    /// Gives back whatever capacity the inner service may hold, if it was polled since its last
+    /// call: this service is about to wait for a token, or to fail a call without reaching it.
+    /// Tower has no way to cancel a reservation but dropping the service that holds it (a
+    /// `ConcurrencyLimit`'s permit, a `Buffer`'s slot, or an acquire they queued that was
+    /// granted while this service looked elsewhere), so the inner service is replaced by a
+    /// fresh clone, which holds nothing until it is polled.
+    #[cold]
+    fn release_inner(&mut self) {
+        if std::mem::take(&mut self.inner_polled) {
+            self.inner = self.inner.clone();
+        }
     }
 }
 
