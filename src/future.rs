@@ -233,13 +233,8 @@ where
                     }
                 }
                 Step::Ready(request) => {
-                    if self.service.is_none() {
-                        self.service = self.retry.core.fresh_service();
-                    }
-                    let Some(service) = self.service.as_mut() else {
-                        // Unreachable: the template is made before any retryable call.
-                        return Poll::Ready(None);
-                    };
+                    let core = &self.retry.core;
+                    let service = self.service.get_or_insert_with(|| core.fresh_service());
                     if let Err(err) = ready!(service.poll_ready(cx)) {
                         // The refusal is a better answer than a readiness error of the clone.
                         let err: BoxError = err.into();

@@ -3,7 +3,7 @@
 use std::{
     fmt,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -42,11 +42,14 @@ pub(crate) struct Core<S> {
     pub(crate) max_replay_bytes: usize,
     pub(crate) replay_wait: Duration,
     pub(crate) classifier: Classifier,
-    /// A clone of the inner service that retries are cloned from, made on the first retryable
-    /// call. Cloning the inner service for every request in case it is refused (hyper-util's
-    /// client: four shared reference counts, bounced between cores) cost ~12% of HTTP/1.1
-    /// throughput; cloning it only when a refusal happens costs nothing on the way.
-    pub(crate) template: OnceLock<Mutex<S>>,
+    /// A clone of the inner service as the layer received it, never polled, that retries and
+    /// services giving back capacity (`BesenderAuth::release_inner`) are cloned from. Never
+    /// polled, because a clone of a ready service may say it is ready without being so
+    /// (`tower::steer::Steer` copies its readiness), and calling it would then panic. Cloning
+    /// the inner service for every request in case it is refused (hyper-util's client: four
+    /// shared reference counts, bounced between cores) cost ~12% of HTTP/1.1 throughput;
+    /// cloning this only when needed costs nothing on the way.
+    pub(crate) template: Mutex<S>,
 }
 
 impl<S> Core<S> {
@@ -64,12 +67,11 @@ impl<S> Core<S> {
 }
 
 impl<S: Clone> Core<S> {
-    /// A fresh clone of the inner service, for a retry.
-    pub(crate) fn fresh_service(&self) -> Option<S> {
-        let template = self.template.get()?;
+    /// A fresh, never-polled clone of the inner service.
+    pub(crate) fn fresh_service(&self) -> S {
         // Cloning cannot leave the service half-changed: a poisoned lock still holds a service.
-        let template = template.lock().unwrap_or_else(|p| p.into_inner());
-        Some(template.clone())
+        let template = self.template.lock().unwrap_or_else(|p| p.into_inner());
+        template.clone()
     }
 }
 
@@ -189,10 +191,11 @@ impl AuthStats {
     }
 }
 
-impl<S> Layer<S> for BesenderAuthLayer {
+impl<S: Clone> Layer<S> for BesenderAuthLayer {
     type Service = BesenderAuth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let template = Mutex::new(inner.clone());
         BesenderAuth::from_core(
             inner,
             Arc::new(Core {
@@ -201,7 +204,7 @@ impl<S> Layer<S> for BesenderAuthLayer {
                 max_replay_bytes: self.max_replay_bytes,
                 replay_wait: self.replay_wait,
                 classifier: self.classifier.clone(),
-                template: OnceLock::new(),
+                template,
             }),
         )
     }

@@ -3,7 +3,7 @@
 use std::{
     fmt,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -109,11 +109,10 @@ impl<S> BesenderAuth<S> {
         &self.inner
     }
 
-    /// The inner service, mutably. Retries are cloned from one copy of the inner service,
-    /// shared by this service and its clones and made on the first retryable call of any of
-    /// them, so changes made here after that are not seen by retries. Waiting for a token, or
-    /// failing a call for want of one, after the inner service was polled replaces it with a
-    /// fresh clone (see above), so changes made here may not last either.
+    /// The inner service, mutably. Retries are cloned from a copy of the inner service made
+    /// when the layer wrapped it, so changes made here are not seen by retries. Waiting for a
+    /// token, or failing a call for want of one, after the inner service was polled replaces it
+    /// with a fresh clone of that copy (see above), so changes made here may not last either.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
@@ -262,10 +261,8 @@ where
             body
         });
         let replay = replay.expect("`Request::map` calls its closure");
-        // Retries are cloned, only when needed, from a clone of the inner service made once;
-        // the ready inner service serves this call (tower's clone rule).
-        let inner = &self.inner;
-        self.core.template.get_or_init(|| Mutex::new(inner.clone()));
+        // The ready inner service serves this call; a retry, only when needed, is a fresh
+        // clone of the layer's template (tower's clone rule).
         let retry = Retry::new(replay, lease.generation, Arc::clone(&self.core));
         ResponseFuture::first(self.inner.call(request), retry)
     }
@@ -281,7 +278,8 @@ impl<S: Clone> BesenderAuth<S> {
     #[cold]
     fn release_inner(&mut self) {
         if std::mem::take(&mut self.inner_polled) {
-            self.inner = self.inner.clone();
+            // Not `self.inner.clone()`: a clone of a ready service may claim its readiness.
+            self.inner = self.core.fresh_service();
         }
     }
 }

@@ -19,9 +19,12 @@ use besender_auth::{BesenderAuthLayer, Error, ReplayBody, Token};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Empty;
-use tower::{BoxError, Layer, Service, ServiceExt, limit::ConcurrencyLimit};
+use tower::{
+    BoxError, Layer, Service, ServiceExt, buffer::Buffer, limit::ConcurrencyLimit, steer::Steer,
+};
 
 type Body = Empty<Bytes>;
+type Req = Request<ReplayBody<Body>>;
 
 /// Refuses the token it is given with 401; answers after 2 s to requests marked `x-slow`.
 #[derive(Clone)]
@@ -65,20 +68,27 @@ fn slow_get() -> Request<Body> {
         .unwrap()
 }
 
-/// Tokens `t1`, `t2`, ...; fetch number `failing` fails after 1 s, fetch number `slow` takes 10 s.
-fn source(failing: u64, slow: u64) -> BesenderAuthLayer {
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn never(_: u64) -> bool {
+    false
+}
+
+/// Tokens `t1`, `t2`, ... of `lifetime`: fetch number `slow` takes 10 s, and the fetches for
+/// which `fails` says so fail after 1 s.
+fn source(slow: u64, fails: fn(u64) -> bool, lifetime: Duration) -> BesenderAuthLayer {
     let calls = Arc::new(AtomicU64::new(0));
     BesenderAuthLayer::new(move || {
         let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
         async move {
-            if n == failing {
+            if fails(n) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return Err::<Token, BoxError>("token endpoint down".into());
             }
             if n == slow {
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
-            Ok(Token::bearer(format!("t{n}"), Duration::from_secs(3600)))
+            Ok(Token::bearer(format!("t{n}"), lifetime))
         }
     })
 }
@@ -88,7 +98,7 @@ fn source(failing: u64, slow: u64) -> BesenderAuthLayer {
 /// permit while its caller sat idle: no other clone became ready.
 #[tokio::test(start_paused = true)]
 async fn a_call_failing_for_want_of_a_token_gives_back_the_inner_permit() {
-    let layer = source(2, 0);
+    let layer = source(0, |n| n == 2, HOUR);
     let service = layer.layer(ConcurrencyLimit::new(Api("t1"), 1));
 
     // A takes the only permit for a request that will be refused (t1).
@@ -123,7 +133,7 @@ async fn a_call_failing_for_want_of_a_token_gives_back_the_inner_permit() {
 /// it waits for a 10 s fetch.
 #[tokio::test(start_paused = true)]
 async fn no_inner_permit_is_held_while_a_service_waits_for_a_fresh_token() {
-    let layer = source(0, 2);
+    let layer = source(2, never, HOUR);
     let limited = ConcurrencyLimit::new(Api("none"), 1);
     let service = layer.layer(limited.clone());
 
@@ -153,4 +163,109 @@ async fn no_inner_permit_is_held_while_a_service_waits_for_a_fresh_token() {
     // And B, once the token is there, gets a permit of its own and sends with t2.
     let mut b = b_ready.await.unwrap();
     assert_eq!(b.call(get()).await.unwrap().status(), StatusCode::OK);
+}
+
+/// A ready service whose token is revoked gives back its permit while the fresh one comes.
+#[tokio::test(start_paused = true)]
+async fn a_ready_service_gives_back_its_permit_while_it_waits_for_a_token() {
+    let layer = source(2, never, HOUR);
+    let limited = ConcurrencyLimit::new(Api("none"), 1);
+    let mut a = layer.layer(limited.clone());
+    a.ready().await.unwrap(); // holds the permit
+    let t1 = layer.cache().get().await.unwrap();
+    assert!(layer.cache().invalidate(&t1));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(a.poll_ready(&mut cx).is_pending());
+    let mut other = limited.clone();
+    tokio::time::timeout(Duration::from_secs(1), other.ready())
+        .await
+        .expect("A holds the permit while it waits for a token")
+        .unwrap();
+    drop(other);
+    a.ready().await.unwrap();
+    assert_eq!(a.call(get()).await.unwrap().status(), StatusCode::OK);
+}
+
+/// The same with a `Buffer` of one slot under the layer; the waiting service is woken by its
+/// token wait, not by the slot it gave back.
+#[tokio::test(start_paused = true)]
+async fn a_ready_service_gives_back_its_buffer_slot_while_it_waits_for_a_token() {
+    let layer = source(2, never, HOUR);
+    let buffer = Buffer::new(Api("none"), 1);
+    let mut a = layer.layer(buffer.clone());
+    a.ready().await.unwrap(); // holds the slot
+    let t1 = layer.cache().get().await.unwrap();
+    assert!(layer.cache().invalidate(&t1));
+    let waiting = tokio::spawn(async move {
+        a.ready().await.unwrap(); // 10 s, for t2
+        a
+    });
+    tokio::task::yield_now().await;
+    let mut other = buffer.clone();
+    tokio::time::timeout(Duration::from_secs(1), other.ready())
+        .await
+        .expect("A holds the slot while it waits for a token")
+        .unwrap();
+    drop(other);
+    let mut a = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("lost wakeup")
+        .unwrap();
+    assert_eq!(a.call(get()).await.unwrap().status(), StatusCode::OK);
+}
+
+/// A call that finds its token past its time, and no fresh one, gives back its permit.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_cannot_renew_its_token_gives_back_its_permit() {
+    let layer = source(0, |n| n >= 2, Duration::from_secs(600));
+    let limited = ConcurrencyLimit::new(Api("none"), 1);
+    let mut a = layer.layer(limited.clone());
+    a.ready().await.unwrap(); // t1, holds the permit
+    tokio::time::sleep(HOUR).await; // t1 is dead, its refreshes failed
+    let err = a.call(get()).await.unwrap_err();
+    assert!(matches!(err, Error::Token(_)), "{err}");
+    let mut other = limited.clone();
+    tokio::time::timeout(Duration::from_secs(1), other.ready())
+        .await
+        .expect("A holds the permit after its call failed for want of a token")
+        .unwrap();
+}
+
+fn first_route(_: &Req, _: &[ConcurrencyLimit<Api>]) -> usize {
+    0
+}
+
+type Routes = Steer<ConcurrencyLimit<Api>, fn(&Req, &[ConcurrencyLimit<Api>]) -> usize, Req>;
+
+fn routes(refuse: &'static str) -> Routes {
+    Steer::new(vec![ConcurrencyLimit::new(Api(refuse), 1)], first_route)
+}
+
+/// A clone of a ready `Steer` says it is ready without polling its routes (it copies its
+/// readiness), and calling it panics in the route's `ConcurrencyLimit`. The service that gives
+/// back its capacity while it waits for a token takes a clone of the never-polled service the
+/// layer wrapped instead.
+#[tokio::test(start_paused = true)]
+async fn a_steer_under_the_layer_survives_a_token_wait() {
+    let layer = source(2, never, HOUR);
+    let mut a = layer.layer(routes("none"));
+    a.ready().await.unwrap();
+    let t1 = layer.cache().get().await.unwrap();
+    assert!(layer.cache().invalidate(&t1));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(a.poll_ready(&mut cx).is_pending());
+    a.ready().await.unwrap();
+    assert_eq!(a.call(get()).await.unwrap().status(), StatusCode::OK);
+}
+
+/// The same for a retry: it runs on a clone of the never-polled service, not of the ready one
+/// that served the first attempt.
+#[tokio::test(start_paused = true)]
+async fn a_steer_under_the_layer_survives_a_retry() {
+    let layer = source(0, never, HOUR);
+    let mut a = layer.layer(routes("t1"));
+    a.ready().await.unwrap();
+    let response = a.call(get()).await.unwrap(); // t1 refused, retried with t2
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(layer.stats().successful_retries, 1);
 }
