@@ -93,6 +93,23 @@ fn source(slow: u64, fails: fn(u64) -> bool, lifetime: Duration) -> BesenderAuth
     })
 }
 
+/// Revokes the token the cache serves (a refusal elsewhere would): the next one is fetched.
+async fn revoke(layer: &BesenderAuthLayer) {
+    let token = layer.cache().get().await.unwrap();
+    assert!(layer.cache().invalidate(&token));
+}
+
+/// Another user of the same capacity gets it at once (and lets it go): nothing holds it.
+async fn assert_free<S: Service<Req>>(mut other: S, holder: &str)
+where
+    S::Error: std::fmt::Debug,
+{
+    tokio::time::timeout(Duration::from_secs(1), other.ready())
+        .await
+        .unwrap_or_else(|_| panic!("{holder}"))
+        .unwrap();
+}
+
 /// Found by a randomized stress test. A call that fails for want of a token, on a service
 /// whose inner `ConcurrencyLimit` had been granted its queued permit meanwhile, kept that
 /// permit while its caller sat idle: no other clone became ready.
@@ -148,18 +165,16 @@ async fn no_inner_permit_is_held_while_a_service_waits_for_a_fresh_token() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // t1 is revoked (a refusal elsewhere): the fresh token takes 10 s.
-    let t1 = layer.cache().get().await.unwrap();
-    assert!(layer.cache().invalidate(&t1));
+    revoke(&layer).await;
     // A's call ends at 2 s: its permit goes to B's queued poll, while B waits for the token.
     assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
 
     // The permit is free during B's wait: another user of the same limit gets it at once.
-    let mut other = limited.clone();
-    tokio::time::timeout(Duration::from_secs(1), other.ready())
-        .await
-        .expect("B holds the permit while it waits for a token")
-        .unwrap();
-    drop(other);
+    assert_free(
+        limited.clone(),
+        "B holds the permit while it waits for a token",
+    )
+    .await;
     // And B, once the token is there, gets a permit of its own and sends with t2.
     let mut b = b_ready.await.unwrap();
     assert_eq!(b.call(get()).await.unwrap().status(), StatusCode::OK);
@@ -172,16 +187,14 @@ async fn a_ready_service_gives_back_its_permit_while_it_waits_for_a_token() {
     let limited = ConcurrencyLimit::new(Api("none"), 1);
     let mut a = layer.layer(limited.clone());
     a.ready().await.unwrap(); // holds the permit
-    let t1 = layer.cache().get().await.unwrap();
-    assert!(layer.cache().invalidate(&t1));
+    revoke(&layer).await;
     let mut cx = Context::from_waker(std::task::Waker::noop());
     assert!(a.poll_ready(&mut cx).is_pending());
-    let mut other = limited.clone();
-    tokio::time::timeout(Duration::from_secs(1), other.ready())
-        .await
-        .expect("A holds the permit while it waits for a token")
-        .unwrap();
-    drop(other);
+    assert_free(
+        limited.clone(),
+        "A holds the permit while it waits for a token",
+    )
+    .await;
     a.ready().await.unwrap();
     assert_eq!(a.call(get()).await.unwrap().status(), StatusCode::OK);
 }
@@ -194,19 +207,17 @@ async fn a_ready_service_gives_back_its_buffer_slot_while_it_waits_for_a_token()
     let buffer = Buffer::new(Api("none"), 1);
     let mut a = layer.layer(buffer.clone());
     a.ready().await.unwrap(); // holds the slot
-    let t1 = layer.cache().get().await.unwrap();
-    assert!(layer.cache().invalidate(&t1));
+    revoke(&layer).await;
     let waiting = tokio::spawn(async move {
         a.ready().await.unwrap(); // 10 s, for t2
         a
     });
     tokio::task::yield_now().await;
-    let mut other = buffer.clone();
-    tokio::time::timeout(Duration::from_secs(1), other.ready())
-        .await
-        .expect("A holds the slot while it waits for a token")
-        .unwrap();
-    drop(other);
+    assert_free(
+        buffer.clone(),
+        "A holds the slot while it waits for a token",
+    )
+    .await;
     let mut a = tokio::time::timeout(Duration::from_secs(30), waiting)
         .await
         .expect("lost wakeup")
@@ -224,11 +235,11 @@ async fn a_call_that_cannot_renew_its_token_gives_back_its_permit() {
     tokio::time::sleep(HOUR).await; // t1 is dead, its refreshes failed
     let err = a.call(get()).await.unwrap_err();
     assert!(matches!(err, Error::Token(_)), "{err}");
-    let mut other = limited.clone();
-    tokio::time::timeout(Duration::from_secs(1), other.ready())
-        .await
-        .expect("A holds the permit after its call failed for want of a token")
-        .unwrap();
+    assert_free(
+        limited.clone(),
+        "A holds the permit after its call failed for want of a token",
+    )
+    .await;
 }
 
 fn first_route(_: &Req, _: &[ConcurrencyLimit<Api>]) -> usize {
@@ -250,8 +261,7 @@ async fn a_steer_under_the_layer_survives_a_token_wait() {
     let layer = source(2, never, HOUR);
     let mut a = layer.layer(routes("none"));
     a.ready().await.unwrap();
-    let t1 = layer.cache().get().await.unwrap();
-    assert!(layer.cache().invalidate(&t1));
+    revoke(&layer).await;
     let mut cx = Context::from_waker(std::task::Waker::noop());
     assert!(a.poll_ready(&mut cx).is_pending());
     a.ready().await.unwrap();
