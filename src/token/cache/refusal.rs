@@ -35,25 +35,23 @@ impl Shared {
     /// Evicts the served entry if `is_refused` says it is the refused one, and forces a refresh,
     /// subject to the rate limit. Returns whether it evicted.
     pub(super) fn invalidate(self: &Arc<Self>, is_refused: impl Fn(&Entry) -> bool) -> bool {
-        let mut event = None;
-        let evicted = self.invalidate_locked(is_refused, &mut event);
+        let (evicted, event) = self.invalidate_locked(is_refused);
         event::emit(event);
         evicted
     }
 
-    /// [`invalidate`](Self::invalidate) under the lock; what it reports goes to `event`.
+    /// [`invalidate`](Self::invalidate) under the lock, with what it reports.
     fn invalidate_locked(
         self: &Arc<Self>,
         is_refused: impl Fn(&Entry) -> bool,
-        event: &mut Option<Event>,
-    ) -> bool {
+    ) -> (bool, Option<Event>) {
         let mut control = self.lock();
         control.reap_dead_flight(Instant::now());
         let Some(entry) = control.entry.clone() else {
-            return false;
+            return (false, None);
         };
         if !is_refused(&entry) {
-            return false;
+            return (false, None);
         }
         let now = Instant::now();
         let within =
@@ -67,12 +65,11 @@ impl Shared {
         let vouched = entry.retry_accepted.load(Ordering::Relaxed);
         if forced_recently && (!vouched || within(control.last_vouched_bypass)) {
             control.stats.rate_limited_refreshes += 1;
-            *event = Some(Event::RefusedRecently);
-            return false;
+            return (false, Some(Event::RefusedRecently));
         }
-        *event = Some(Event::Refused {
+        let refused = Event::Refused {
             generation: entry.generation,
-        });
+        };
         if forced_recently {
             // Not limited, so this is the vouched-for exception.
             control.last_vouched_bypass = Some(now);
@@ -85,7 +82,7 @@ impl Shared {
             // Without a runtime the next caller reports it.
             let _ = self.spawn_fetch(&mut control, Origin::Forced);
         }
-        true
+        (true, Some(refused))
     }
 
     /// A retry carrying the token of `generation` was accepted: if that token is still the one

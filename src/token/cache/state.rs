@@ -224,22 +224,17 @@ impl Shared {
     }
 
     /// The slow path for a caller that neither waits nor fetches a missing token: the cached
-    /// entry if it is usable now, after [`lookup`](Self::lookup) has started the refresh that is
-    /// due (and republished the state).
+    /// entry if it is usable now, after starting the refresh that is due (and republishing the
+    /// state), as [`lookup`](Self::lookup) would.
     pub(crate) fn usable_entry(self: &Arc<Self>) -> Option<Arc<Entry>> {
-        let usable = self
-            .lock()
-            .entry
-            .as_ref()
-            .is_some_and(|entry| entry.usable_at(Instant::now()));
-        if !usable {
-            return None;
-        }
-        match self.lookup_with(false) {
-            Lookup::Ready(entry) => Some(entry),
-            // It ran out in between: no fetch is waited for here.
-            Lookup::Wait(_) | Lookup::Failed(_) => None,
-        }
+        let mut control = self.lock();
+        let now = Instant::now();
+        control.reap_dead_flight(now);
+        let served = self.serve_locked(&mut control, now);
+        drop(control);
+        let (entry, event) = served?;
+        event::emit(event);
+        Some(entry)
     }
 
     /// The slow path: decide, by the clock, what a caller gets.
@@ -250,32 +245,20 @@ impl Shared {
     /// [`lookup`](Self::lookup); with `will_wait` false, a `Wait` is not counted as a coalesced
     /// wait (the caller drops it).
     pub(crate) fn lookup_with(self: &Arc<Self>, will_wait: bool) -> Lookup {
-        let mut event = None;
-        let lookup = self.lookup_locked(will_wait, &mut event);
+        let (lookup, event) = self.lookup_locked(will_wait);
         event::emit(event);
         lookup
     }
 
-    /// [`lookup_with`](Self::lookup_with) under the lock; what it reports goes to `event`.
-    fn lookup_locked(self: &Arc<Self>, will_wait: bool, event: &mut Option<Event>) -> Lookup {
+    /// [`lookup_with`](Self::lookup_with) under the lock, with what it reports.
+    fn lookup_locked(self: &Arc<Self>, will_wait: bool) -> (Lookup, Option<Event>) {
         let mut control = self.lock();
         let now = Instant::now();
         control.reap_dead_flight(now);
-        if let Some(entry) = control.entry.clone() {
-            if now < entry.usable_until {
-                if now >= control.refresh_ahead_from(&entry, now) && control.flight.is_none() {
-                    *event = Some(Event::RefreshingAhead {
-                        remaining: entry.usable_until - now,
-                    });
-                    // Without a runtime the fetch cannot start; the token is still good.
-                    let _ = self.spawn_fetch(&mut control, Origin::Normal);
-                }
-                self.publish_valid(&mut control, &entry, now);
-                return Lookup::Ready(entry);
-            }
-            *event = Some(Event::Expired);
-            control.entry = None;
+        if let Some((entry, event)) = self.serve_locked(&mut control, now) {
+            return (Lookup::Ready(entry), event);
         }
+        let expired = control.entry.take().map(|_| Event::Expired);
         self.publish_check(&control);
         if let Some(flight) = control.flight.as_mut() {
             let waiter = flight.waiter(self.config.fetch_timeout);
@@ -286,19 +269,40 @@ impl Shared {
                     control.stats.coalesced_waits += 1;
                 }
             }
-            return Lookup::Wait(waiter);
+            return (Lookup::Wait(waiter), expired);
         }
         if let (Some(err), Some(at)) = (&control.last_error, control.retry_at) {
             if now < at {
                 let err = err.clone();
                 control.stats.held_errors += 1;
-                return Lookup::Failed(err);
+                return (Lookup::Failed(err), expired);
             }
         }
-        match self.spawn_fetch(&mut control, Origin::Normal) {
+        let lookup = match self.spawn_fetch(&mut control, Origin::Normal) {
             Ok(flight) => Lookup::Wait(flight),
             Err(err) => Lookup::Failed(err),
+        };
+        (lookup, expired)
+    }
+
+    /// Under the lock: the served entry, if it is usable at `now`, after starting the refresh
+    /// ahead that is due and republishing the state word; with what that reports.
+    fn serve_locked(
+        self: &Arc<Self>,
+        control: &mut Control,
+        now: Instant,
+    ) -> Option<(Arc<Entry>, Option<Event>)> {
+        let entry = control.entry.clone().filter(|entry| entry.usable_at(now))?;
+        let mut event = None;
+        if now >= control.refresh_ahead_from(&entry, now) && control.flight.is_none() {
+            event = Some(Event::RefreshingAhead {
+                remaining: entry.usable_until - now,
+            });
+            // Without a runtime the fetch cannot start; the token is still good.
+            let _ = self.spawn_fetch(control, Origin::Normal);
         }
+        self.publish_valid(control, &entry, now);
+        Some((entry, event))
     }
 
     pub(super) fn finish(
@@ -310,23 +314,21 @@ impl Shared {
         // An error's `source()` and `Drop` are user code: its chain is read before the lock,
         // and the error it replaces is dropped after it.
         let asked = result.as_ref().err().map_or(Duration::ZERO, asked_wait);
-        let mut replaced = None;
-        let (result, event) = self.finish_locked(result, origin, flight_id, asked, &mut replaced);
+        let (result, event, replaced) = self.finish_locked(result, origin, flight_id, asked);
         drop(replaced);
         event.emit();
         result
     }
 
-    /// [`finish`](Self::finish) under the lock, with what it reports; `asked` is the wait the
-    /// error asked for, and the error this one replaces goes to `replaced`.
+    /// [`finish`](Self::finish) under the lock, with what it reports and the error it replaced
+    /// (to be dropped after the lock); `asked` is the wait the error asked for.
     fn finish_locked(
         self: &Arc<Self>,
         result: Result<Token, TokenError>,
         origin: Origin,
         flight_id: u64,
         asked: Duration,
-        replaced: &mut Option<TokenError>,
-    ) -> (FlightResult, Event) {
+    ) -> (FlightResult, Event, Option<TokenError>) {
         let mut control = self.lock();
         // A stalled fetch may finish after a newer one started: that one keeps running.
         if control.flight.as_ref().is_some_and(|f| f.id == flight_id) {
@@ -343,11 +345,11 @@ impl Shared {
                 };
                 control.entry = Some(Arc::clone(&entry));
                 control.failures = 0;
-                *replaced = control.last_error.take();
+                let replaced = control.last_error.take();
                 control.retry_at = None;
                 control.ahead_after = None;
                 self.publish_valid(&mut control, &entry, now);
-                (Some(Ok(entry)), cached)
+                (Some(Ok(entry)), cached, replaced)
             }
             Err(err) => {
                 control.stats.failed_fetches += 1;
@@ -356,7 +358,7 @@ impl Shared {
                     // about the newer fetch's token, and backing off (or holding this error)
                     // would delay that token's refresh.
                     let event = Event::StalledFetchFailed(err.clone());
-                    return (Some(Err(err)), event);
+                    return (Some(Err(err)), event, None);
                 }
                 control.failures = control.failures.saturating_add(1);
                 // What the endpoint asked for, but never past the valid token's usable time:
@@ -371,13 +373,13 @@ impl Shared {
                     retry_in: delay,
                 };
                 control.retry_at = Some(now + delay);
-                *replaced = control.last_error.replace(err.clone());
+                let replaced = control.last_error.replace(err.clone());
                 match control.entry.clone() {
                     // A failed refresh never evicts a valid token.
                     Some(entry) => self.publish_valid(&mut control, &entry, now),
                     None => self.publish_check(&control),
                 }
-                (Some(Err(err)), failed)
+                (Some(Err(err)), failed, replaced)
             }
         }
     }
