@@ -18,8 +18,8 @@ use std::{
 use besender_auth::{BesenderAuth, BesenderAuthLayer, ReplayBody};
 use bytes::Bytes;
 use common::{
-    hyper_client,
-    recording::{Frames, layer, recording_server, without_authorization},
+    Frames, hyper_client,
+    recording::{layer, recording_server, without_authorization},
     source::TestSource,
 };
 use http::{Request, Response, StatusCode, header};

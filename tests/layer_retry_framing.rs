@@ -13,8 +13,8 @@ use std::{
 use besender_auth::{BesenderAuth, ReplayBody};
 use bytes::Bytes;
 use common::{
-    hyper_client,
-    recording::{Frames, layer, recording_server, without_authorization},
+    Frames, hyper_client,
+    recording::{layer, recording_server, without_authorization},
 };
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use super::{Chunks, serve};
+use super::{Frames, serve};
 
 /// A request as [`AuthServer`] saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl AuthServer {
                     .any(|t| a == &format!("Bearer {t}")),
             };
             let mut response = if refused {
-                let mut r = Response::new(Chunks::exact(Bytes::new()));
+                let mut r = Response::new(Frames::exact(Bytes::new()));
                 let status = status.load(std::sync::atomic::Ordering::SeqCst);
                 *r.status_mut() = StatusCode::from_u16(status).unwrap();
                 if status == 401 {
@@ -84,7 +84,7 @@ impl AuthServer {
                 }
                 r
             } else {
-                Response::new(Chunks::exact(body))
+                Response::new(Frames::exact(body))
             };
             response
                 .headers_mut()

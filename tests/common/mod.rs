@@ -137,7 +137,7 @@ impl Drop for ScriptedServer {
 fn serve<F, Fut>(listener: TcpListener, handle: F) -> JoinHandle<()>
 where
     F: Fn(http::request::Parts, Bytes) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Chunks>> + Send + 'static,
+    Fut: std::future::Future<Output = Response<Frames>> + Send + 'static,
 {
     tokio::spawn(async move {
         loop {
@@ -164,7 +164,7 @@ where
     })
 }
 
-async fn respond(reply: Reply) -> Response<Chunks> {
+async fn respond(reply: Reply) -> Response<Frames> {
     match reply {
         Reply::Hang => std::future::pending().await,
         Reply::Respond {
@@ -173,15 +173,12 @@ async fn respond(reply: Reply) -> Response<Chunks> {
             body,
             chunked,
         } => {
-            let chunks: VecDeque<Bytes> = if chunked {
-                body.chunks(1024).map(Bytes::copy_from_slice).collect()
+            let body = if chunked {
+                Frames::streamed(body.chunks(1024).map(Bytes::copy_from_slice), None)
             } else {
-                VecDeque::from([Bytes::from(body)])
+                Frames::exact(Bytes::from(body))
             };
-            let mut response = Response::new(Chunks {
-                chunks,
-                exact: !chunked,
-            });
+            let mut response = Response::new(body);
             *response.status_mut() = status;
             for (name, value) in headers {
                 response
@@ -193,22 +190,42 @@ async fn respond(reply: Reply) -> Response<Chunks> {
     }
 }
 
-/// A body of ready chunks; with `exact: false` its size is unknown, so hyper sends it chunked.
-pub struct Chunks {
-    chunks: VecDeque<Bytes>,
+/// A body of ready frames, handed out in order, that reports its end once every frame (trailers
+/// included) was read. An `exact` body declares its size (the data still to come), so hyper
+/// sends a `Content-Length`; otherwise its size is unknown and hyper streams it (chunked over
+/// HTTP/1.1), as a caller's streaming body would be.
+pub struct Frames {
+    frames: VecDeque<Frame<Bytes>>,
     exact: bool,
 }
 
-impl Chunks {
-    fn exact(body: Bytes) -> Self {
+impl Frames {
+    /// One data frame, of declared size.
+    pub fn exact(body: Bytes) -> Self {
         Self {
-            chunks: VecDeque::from([body]),
+            frames: VecDeque::from([Frame::data(body)]),
             exact: true,
         }
     }
+
+    /// `chunks`, then `trailers`, of unknown size.
+    pub fn streamed(chunks: impl IntoIterator<Item = Bytes>, trailers: Option<HeaderMap>) -> Self {
+        let mut frames: VecDeque<_> = chunks.into_iter().map(Frame::data).collect();
+        frames.extend(trailers.map(Frame::trailers));
+        Self {
+            frames,
+            exact: false,
+        }
+    }
+
+    /// [`streamed`](Self::streamed), from text.
+    pub fn new(chunks: &[&'static str], trailers: Option<HeaderMap>) -> Self {
+        let chunks = chunks.iter().map(|c| Bytes::from_static(c.as_bytes()));
+        Self::streamed(chunks, trailers)
+    }
 }
 
-impl Body for Chunks {
+impl Body for Frames {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -216,19 +233,19 @@ impl Body for Chunks {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+        Poll::Ready(self.frames.pop_front().map(Ok))
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.exact {
-            SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
-        } else {
-            SizeHint::default()
+        if !self.exact {
+            return SizeHint::default();
         }
+        let data = self.frames.iter().filter_map(Frame::data_ref);
+        SizeHint::with_exact(data.map(|d| d.len() as u64).sum())
     }
 
     fn is_end_stream(&self) -> bool {
-        self.exact && self.chunks.is_empty()
+        self.frames.is_empty()
     }
 }
 

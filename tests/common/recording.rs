@@ -1,20 +1,16 @@
 //! A server that records every request in full (head, body, trailers) and refuses
-//! `Bearer token-1`, and the streaming body the retry-fidelity tests send it.
+//! `Bearer token-1`, for the retry-fidelity tests (which send it `Frames` bodies).
 
 use std::{
-    collections::VecDeque,
     convert::Infallible,
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use besender_auth::BesenderAuthLayer;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -24,43 +20,6 @@ use hyper_util::{
 use tokio::net::TcpListener;
 
 use super::source::TestSource;
-
-/// A well-behaved streaming body: frames handed out in order, size unknown, and
-/// `is_end_stream` true once every frame (trailers included) was read.
-pub struct Frames(VecDeque<Frame<Bytes>>);
-
-impl Frames {
-    pub fn new(chunks: &[&'static str], trailers: Option<HeaderMap>) -> Self {
-        let mut frames: VecDeque<_> = chunks
-            .iter()
-            .map(|c| Frame::data(Bytes::from_static(c.as_bytes())))
-            .collect();
-        if let Some(t) = trailers {
-            frames.push_back(Frame::trailers(t));
-        }
-        Self(frames)
-    }
-}
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default() // unknown: the caller streams it
-    }
-}
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
