@@ -103,6 +103,49 @@ where
     requests as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Prints a table row: the median ratio of `pairs` interleaved pairs of runs, `ours` over
+/// `baseline`.
+async fn pairs_row<A, B>(
+    label: &str,
+    baseline: A,
+    ours: B,
+    url: &str,
+    body: &Bytes,
+    requests: u64,
+    pairs: usize,
+) where
+    A: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
+    A::Error: std::fmt::Debug,
+    A::Future: Send,
+    B: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
+    B::Error: std::fmt::Debug,
+    B::Future: Send,
+{
+    let (mut base_rates, mut our_rates, mut ratios) = (vec![], vec![], vec![]);
+    for pair in 0..pairs {
+        let run_baseline = || throughput(baseline.clone(), url, body.clone(), requests);
+        let run_ours = || throughput(ours.clone(), url, body.clone(), requests);
+        let (b, o) = if pair % 2 == 0 {
+            let b = run_baseline().await;
+            (b, run_ours().await)
+        } else {
+            let o = run_ours().await;
+            (run_baseline().await, o)
+        };
+        base_rates.push(b);
+        our_rates.push(o);
+        ratios.push(o / b);
+    }
+    println!(
+        "| {label} | {:.0} | {:.0} | {:.3}x | {:.3}x-{:.3}x |",
+        median(&mut base_rates),
+        median(&mut our_rates),
+        median(&mut ratios),
+        quantile(&mut ratios, 0.25),
+        quantile(&mut ratios, 0.75),
+    );
+}
+
 fn median(values: &mut [f64]) -> f64 {
     quantile(values, 0.5)
 }
@@ -163,30 +206,18 @@ fn main() {
                 }
                 _ => {}
             }
-            let (mut base_rates, mut our_rates, mut ratios) = (vec![], vec![], vec![]);
-            for pair in 0..pairs {
-                let run_baseline = || throughput(baseline.clone(), &url, body.clone(), requests);
-                let run_ours = || throughput(ours.clone(), &url, body.clone(), requests);
-                let (b, o) = if pair % 2 == 0 {
-                    let b = run_baseline().await;
-                    (b, run_ours().await)
-                } else {
-                    let o = run_ours().await;
-                    (run_baseline().await, o)
-                };
-                base_rates.push(b);
-                our_rates.push(o);
-                ratios.push(o / b);
+            let label = if h2 { "h2c" } else { "HTTP/1.1" };
+            // E2E_AA=1: the baseline against a second, identical baseline client, to show the
+            // bias of the method itself (which side runs second, which pool was made last).
+            if std::env::var_os("E2E_AA").is_some() {
+                let plain_too: Client<HttpConnector, Full<Bytes>> =
+                    Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
+                let other = AddAuthorization::bearer(plain_too, &token).as_sensitive(true);
+                throughput(other.clone(), &url, body.clone(), requests).await;
+                pairs_row(label, baseline, other, &url, &body, requests, pairs).await;
+            } else {
+                pairs_row(label, baseline, ours, &url, &body, requests, pairs).await;
             }
-            println!(
-                "| {} | {:.0} | {:.0} | {:.3}x | {:.3}x-{:.3}x |",
-                if h2 { "h2c" } else { "HTTP/1.1" },
-                median(&mut base_rates),
-                median(&mut our_rates),
-                median(&mut ratios),
-                quantile(&mut ratios, 0.25),
-                quantile(&mut ratios, 0.75),
-            );
         }
     });
 }
