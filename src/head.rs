@@ -25,13 +25,13 @@ pub(crate) struct RequestHead {
     extensions: Extensions,
     /// Scheme, authority and path-and-query, as `(start, end)` in `bytes`; `None` if absent.
     uri: [Option<(u32, u32)>; 3],
-    /// The URI parts, then per header: name length (u16), value length (u32), sensitive (u8),
+    /// The URI parts, then per header: name length (u32), value length (u32), sensitive (u8),
     /// name, value.
     bytes: Vec<u8>,
     headers: usize,
 }
 
-const HEADER_PREFIX: usize = 2 + 4 + 1;
+const HEADER_PREFIX: usize = 4 + 4 + 1;
 
 impl RequestHead {
     /// Copies the head of `request`; `None` if a part is too large to encode (then no retry is
@@ -52,11 +52,12 @@ impl RequestHead {
         bytes.reserve(uri_len + headers.len() * (HEADER_PREFIX + 40));
         let mut copied = 0;
         let mut ranges = [None; 3];
+        // Offsets are `u32`, checked once at the end: every one is at most the final length.
         for (range, part) in ranges.iter_mut().zip(uri_parts) {
             if let Some(part) = part {
-                let start = u32::try_from(bytes.len()).ok()?;
+                let start = bytes.len() as u32;
                 bytes.extend_from_slice(part.as_bytes());
-                *range = Some((start, u32::try_from(bytes.len()).ok()?));
+                *range = Some((start, bytes.len() as u32));
             }
         }
         for (name, value) in headers {
@@ -68,12 +69,15 @@ impl RequestHead {
             }
             copied += 1;
             let name = name.as_str().as_bytes();
-            let [n0, n1] = u16::try_from(name.len()).ok()?.to_le_bytes();
-            let [v0, v1, v2, v3] = u32::try_from(value.len()).ok()?.to_le_bytes();
+            let [n0, n1, n2, n3] = (name.len() as u32).to_le_bytes();
+            let [v0, v1, v2, v3] = (value.len() as u32).to_le_bytes();
             let sensitive = u8::from(value.is_sensitive());
-            bytes.extend_from_slice(&[n0, n1, v0, v1, v2, v3, sensitive]);
+            bytes.extend_from_slice(&[n0, n1, n2, n3, v0, v1, v2, v3, sensitive]);
             bytes.extend_from_slice(name);
             bytes.extend_from_slice(value.as_bytes());
+        }
+        if u32::try_from(bytes.len()).is_err() {
+            return None;
         }
         Some(Self {
             method: request.method().clone(),
@@ -103,12 +107,13 @@ impl RequestHead {
             .unwrap_or(0);
         for _ in 0..self.headers {
             let prefix = self.bytes.get(at..at + HEADER_PREFIX)?;
-            let name_len = u16::from_le_bytes([prefix[0], prefix[1]]) as usize;
-            let value_len = u32::from_le_bytes([prefix[2], prefix[3], prefix[4], prefix[5]]);
-            let sensitive = prefix[6] == 1;
+            let name_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+            let value_len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+            let sensitive = prefix[8] == 1;
             at += HEADER_PREFIX;
-            let name = HeaderName::from_bytes(self.bytes.get(at..at + name_len)?).ok()?;
-            at += name_len;
+            let name_end = at + name_len as usize;
+            let name = HeaderName::from_bytes(self.bytes.get(at..name_end)?).ok()?;
+            at = name_end;
             let value_end = at + value_len as usize;
             let mut value = HeaderValue::from_bytes(self.bytes.get(at..value_end)?).ok()?;
             at = value_end;
