@@ -67,14 +67,36 @@ async fn serve(listener: TcpListener) {
     }
 }
 
-/// Requests per second for `REQUESTS_PER_RUN` requests, `IN_FLIGHT` at a time.
-async fn throughput<S>(service: S, url: &str, body: Bytes, requests: u64) -> f64
+/// What one run measured.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Requests per second.
+    rate: f64,
+    /// CPU time of the whole process (client and server) per request, in nanoseconds, where
+    /// the OS reports it (Linux): less disturbed than the rate by other load on the machine.
+    cpu_ns: Option<f64>,
+}
+
+/// CPU time used so far by every thread of this process, in nanoseconds (Linux: the first field
+/// of each thread's `schedstat`); `None` elsewhere.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// `requests` requests, `IN_FLIGHT` at a time.
+async fn throughput<S>(service: S, url: &str, body: Bytes, requests: u64) -> Run
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
     S::Future: Send,
 {
     let sent = Arc::new(AtomicU64::new(0));
+    let cpu_start = process_cpu_ns();
     let start = Instant::now();
     let workers: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
@@ -100,7 +122,14 @@ where
     for worker in workers {
         worker.await.unwrap();
     }
-    requests as f64 / start.elapsed().as_secs_f64()
+    let elapsed = start.elapsed();
+    let cpu = cpu_start
+        .zip(process_cpu_ns())
+        .map(|(a, b)| b.saturating_sub(a));
+    Run {
+        rate: requests as f64 / elapsed.as_secs_f64(),
+        cpu_ns: cpu.map(|ns| ns as f64 / requests as f64),
+    }
 }
 
 /// Prints a table row: the median ratio of `pairs` interleaved pairs of runs, `ours` over
@@ -122,6 +151,7 @@ async fn pairs_row<A, B>(
     B::Future: Send,
 {
     let (mut base_rates, mut our_rates, mut ratios) = (vec![], vec![], vec![]);
+    let mut cpu_ratios = vec![];
     for pair in 0..pairs {
         let run_baseline = || throughput(baseline.clone(), url, body.clone(), requests);
         let run_ours = || throughput(ours.clone(), url, body.clone(), requests);
@@ -132,12 +162,20 @@ async fn pairs_row<A, B>(
             let o = run_ours().await;
             (run_baseline().await, o)
         };
-        base_rates.push(b);
-        our_rates.push(o);
-        ratios.push(o / b);
+        base_rates.push(b.rate);
+        our_rates.push(o.rate);
+        ratios.push(o.rate / b.rate);
+        if let (Some(b), Some(o)) = (b.cpu_ns, o.cpu_ns) {
+            // Throughput's sense: above 1 means less CPU per request than the baseline.
+            cpu_ratios.push(b / o);
+        }
     }
+    let cpu = match cpu_ratios.is_empty() {
+        true => "n/a".to_owned(),
+        false => format!("{:.3}x", median(&mut cpu_ratios)),
+    };
     println!(
-        "| {label} | {:.0} | {:.0} | {:.3}x | {:.3}x-{:.3}x |",
+        "| {label} | {:.0} | {:.0} | {:.3}x | {:.3}x-{:.3}x | {cpu} |",
         median(&mut base_rates),
         median(&mut our_rates),
         median(&mut ratios),
@@ -172,8 +210,8 @@ fn main() {
 
         let requests = setting("E2E_REQUESTS", REQUESTS_PER_RUN);
         let pairs = setting("E2E_PAIRS", PAIRS).max(1);
-        println!("| protocol | AddAuthorization req/s (median) | BesenderAuth req/s (median) | throughput ratio (median of {pairs} pairs) | middle half of the pair ratios |");
-        println!("|---|---|---|---|---|");
+        println!("| protocol | AddAuthorization req/s (median) | BesenderAuth req/s (median) | throughput ratio (median of {pairs} pairs) | middle half of the pair ratios | CPU per request, baseline over ours (median) |");
+        println!("|---|---|---|---|---|---|");
         // E2E_RETRY=0 measures the layer with retry off; E2E_PROTO=h1 or h2c runs one protocol.
         let retry = std::env::var("E2E_RETRY").map_or(true, |v| v != "0");
         let protocols: &[bool] = match std::env::var("E2E_PROTO").as_deref() {
@@ -196,12 +234,12 @@ fn main() {
             match std::env::var("E2E_ONLY").as_deref() {
                 Ok("baseline") => {
                     let rate = throughput(baseline.clone(), &url, body.clone(), requests).await;
-                    println!("baseline alone: {rate:.0} req/s");
+                    println!("baseline alone: {:.0} req/s", rate.rate);
                     continue;
                 }
                 Ok("layer") => {
                     let rate = throughput(ours.clone(), &url, body.clone(), requests).await;
-                    println!("layer alone: {rate:.0} req/s");
+                    println!("layer alone: {:.0} req/s", rate.rate);
                     continue;
                 }
                 _ => {}
