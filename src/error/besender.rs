@@ -90,7 +90,8 @@ pub enum BesenderErrorKind {
     },
     /// `token_type` is not `Bearer` (compared case-insensitively).
     UnsupportedTokenType {
-        /// The type the server sent, truncated.
+        /// The type the server sent, scrubbed (a server may send the whole header value,
+        /// token included) and truncated.
         token_type: String,
     },
 }

@@ -1,5 +1,6 @@
-//! What text from the token endpoint must never show: the client secret, and the values of the
-//! extra headers that carry credentials (a gateway key), however the server encoded them.
+//! What text from the token endpoint must never show: the client secret, the values of the
+//! extra headers that carry credentials (a gateway key), and an access token the same answer
+//! carries, however the server encoded them.
 //!
 //! A server that quotes the refused request back (its body, a query string, the key it
 //! refused) writes the secret in its own encoding, and encoders differ: JSON escapes (`\/`,
@@ -35,6 +36,7 @@ const MIN_HEADER_SECRET: usize = 8;
 const DECODINGS: usize = 2;
 
 /// The secrets to hide, as bytes (a header value may not be UTF-8), each once.
+#[derive(Clone)]
 pub(crate) struct Redactions {
     secrets: Vec<Vec<u8>>,
 }
@@ -65,6 +67,19 @@ impl Redactions {
         secrets.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
         Self { secrets }
+    }
+
+    /// These secrets and `token`, an access token in the answer whose text is about to be quoted
+    /// (a server may quote it in its message, or send the header value as the token type);
+    /// unless it is too short to be one, as for credential headers.
+    pub(crate) fn and_token(&self, token: &str) -> Self {
+        let mut more = self.clone();
+        if token.len() >= MIN_HEADER_SECRET && !more.secrets.iter().any(|s| s == token.as_bytes()) {
+            more.secrets.push(token.as_bytes().to_vec());
+            more.secrets
+                .sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        }
+        more
     }
 
     /// `text` with every stretch that is, or decodes to, a secret replaced by `[redacted]`.

@@ -31,7 +31,7 @@ pub(crate) type ParseError = (BesenderErrorKind, Option<BoxError>);
 /// Turns a complete token response into a token that expires `expires_in` after `sent_at`.
 ///
 /// `secrets` are scrubbed from any text the server sent back (a server that echoes the request
-/// must not leak them into our error messages).
+/// must not leak them into our error messages), and so is the access token the answer carries.
 pub(crate) fn parse(
     status: StatusCode,
     content_type: Option<&str>,
@@ -57,6 +57,15 @@ pub(crate) fn parse(
         return Err(invalid("(response)", "expected a JSON object"));
     };
 
+    // Before any of the answer's text is quoted: the token it carries is as secret as ours.
+    let with_token;
+    let secrets = match answered_token(&envelope) {
+        Some(token) => {
+            with_token = secrets.and_token(&token);
+            &with_token
+        }
+        None => secrets,
+    };
     let code = envelope.get("code").and_then(code_of);
     let message = envelope
         .get("message")
@@ -184,6 +193,26 @@ fn oauth_error(envelope: &Map<String, Value>, secrets: &Redactions) -> Option<St
     Some(echo(&text, secrets))
 }
 
+/// The access token the answer carries, if any, wherever [`parse`] would look for it (`data` and
+/// `data.token` as objects or as strings holding them), whatever else is wrong with the answer.
+fn answered_token(envelope: &Map<String, Value>) -> Option<String> {
+    let data = object_of(envelope.get("data")?)?;
+    let token = object_of(data.get("token")?)?;
+    token.get("access_token")?.as_str().map(str::to_owned)
+}
+
+/// An object, or a string holding one (see [`object_field`]).
+fn object_of(value: &Value) -> Option<Map<String, Value>> {
+    match value {
+        Value::Object(map) => Some(map.clone()),
+        Value::String(text) => match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Besender's `code` as an integer; tolerates a numeric string.
 fn code_of(value: &Value) -> Option<i64> {
     match value {
@@ -202,12 +231,7 @@ fn object_field(
 ) -> Result<Map<String, Value>, ParseError> {
     match parent.get(key) {
         None | Some(Value::Null) => Err(missing(path)),
-        Some(Value::Object(map)) => Ok(map.clone()),
-        Some(Value::String(s)) => match serde_json::from_str(s) {
-            Ok(Value::Object(map)) => Ok(map),
-            _ => Err(invalid(path, "expected a JSON object")),
-        },
-        Some(_) => Err(invalid(path, "expected a JSON object")),
+        Some(value) => object_of(value).ok_or_else(|| invalid(path, "expected a JSON object")),
     }
 }
 

@@ -143,3 +143,41 @@ fn a_secret_with_a_percent_triplet_is_scrubbed_from_the_quoted_request() {
     assert!(!shown.contains("Kq%2Fz"), "{shown}");
     assert!(shown.contains("[redacted]"), "{shown}");
 }
+
+/// An access token in the answer is hidden wherever the answer's text is quoted in an error:
+/// a misconfigured server may put the header value in `token_type`, or quote the token in
+/// the message of a refusal (ANCHORS: tokens in logs; a fetch failure is logged at WARN).
+#[test]
+fn the_answers_access_token_is_never_quoted() {
+    const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.payload-of-the-token.signature";
+    let data = format!(r#"{{"token":{{"access_token":"{TOKEN}","token_type":"Bearer {TOKEN}"}}}}"#);
+    let data_as_text = serde_json::to_string(&data).unwrap();
+    let answers = [
+        // The header value as the type.
+        (200, format!(r#"{{"code":200,"data":{data}}}"#)),
+        // `data` as a string holding the details, as the document types it.
+        (200, format!(r#"{{"code":200,"data":{data_as_text}}}"#)),
+        // A refusal quoting the token it sent along.
+        (
+            200,
+            format!(r#"{{"code":500,"message":"bad token {TOKEN}","data":{data}}}"#),
+        ),
+        (
+            503,
+            format!(r#"{{"code":503,"message":"was {TOKEN}","data":{data_as_text}}}"#),
+        ),
+        (
+            401,
+            format!(r#"{{"error":"invalid_client","error_description":"{TOKEN}","data":{data}}}"#),
+        ),
+    ];
+    for (status, body) in answers {
+        let (kind, _) = parse_body(status, &body).unwrap_err();
+        let shown = format!("{kind:?}");
+        assert!(!shown.contains("payload-of-the-token"), "{shown}");
+        assert!(
+            shown.contains("[redacted]"),
+            "the error says something was hidden: {shown}"
+        );
+    }
+}
