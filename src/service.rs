@@ -303,19 +303,25 @@ impl<S> BesenderAuth<S> {
             self.phase = Phase::Leased;
             return Poll::Ready(true);
         }
-        let fresh = match (self.phase, self.slow.as_mut()) {
-            (Phase::Waiting, Some(Slow::Waiting(wait))) => ready!(wait.as_mut().poll(cx)),
-            _ => match self.core.cache.acquire() {
-                Acquire::Ready(lease) => Ok(lease),
-                Acquire::Failed(err) => Err(err),
-                Acquire::Pending(mut wait) => match wait.as_mut().poll(cx) {
-                    Poll::Ready(fresh) => fresh,
-                    Poll::Pending => {
-                        self.slow = Some(Slow::Waiting(wait));
-                        self.phase = Phase::Waiting;
-                        return Poll::Pending;
-                    }
-                },
+        let acquired = match (self.phase, self.slow.as_mut()) {
+            (Phase::Waiting, Some(Slow::Waiting(wait))) => match ready!(wait.as_mut().poll(cx)) {
+                Ok(lease) => Acquire::Ready(lease),
+                // The fetch may have failed long before this poll (a `Buffer` polls its service
+                // again only for its next request): its error is stale once the cache moved on.
+                Err(err) => self.core.cache.acquire_after_failure(err),
+            },
+            _ => self.core.cache.acquire(),
+        };
+        let fresh = match acquired {
+            Acquire::Ready(lease) => Ok(lease),
+            Acquire::Failed(err) => Err(err),
+            Acquire::Pending(mut wait) => match wait.as_mut().poll(cx) {
+                Poll::Ready(fresh) => fresh,
+                Poll::Pending => {
+                    self.slow = Some(Slow::Waiting(wait));
+                    self.phase = Phase::Waiting;
+                    return Poll::Pending;
+                }
             },
         };
         match fresh {

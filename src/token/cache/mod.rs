@@ -203,6 +203,21 @@ impl TokenCache {
         }
     }
 
+    /// [`acquire`](Self::acquire) for a caller whose wait for a fetch ended in `err`, possibly
+    /// long ago: a service is polled again only when its caller wants it (a `Buffer` whose
+    /// request was cancelled polls its service again only for the next request). `err` while
+    /// it is still the cache's last word (see `Shared::moved_on_from_failure`); otherwise what
+    /// the cache has now, as for any caller.
+    pub(crate) fn acquire_after_failure(&self, err: TokenError) -> Acquire {
+        if let Some(lease) = self.try_lease() {
+            return Acquire::Ready(lease);
+        }
+        if !self.shared.moved_on_from_failure(&err) {
+            return Acquire::Failed(err);
+        }
+        self.acquire()
+    }
+
     /// [`acquire`](Self::acquire) for a caller that cannot wait: `None` while a fetch runs
     /// (which this call may have started).
     pub(crate) fn acquire_now(&self) -> Option<Result<Lease, TokenError>> {

@@ -68,7 +68,10 @@ use super::{
     refusal::RefusalCounters,
     schedule::asked_wait,
 };
-use crate::{error::TokenError, token::Token};
+use crate::{
+    error::{TokenError, TokenErrorKind},
+    token::Token,
+};
 
 /// "Take the lock and look at the clock": the state word alone does not say the entry is valid.
 pub(super) const CHECK: u64 = 1;
@@ -221,6 +224,24 @@ impl Shared {
             .as_ref()
             .filter(|entry| entry.generation == generation)
             .cloned()
+    }
+
+    /// Whether a caller holding `err`, the end of its wait for a fetch, should look at the
+    /// cache again: a usable token is cached, or a newer fetch runs, or `err` is a fetch's
+    /// failure whose backoff is over (the next attempt is due). Not for an error of the wait
+    /// itself (a stalled or cancelled fetch, no runtime): the next attempt would stall the same
+    /// way, and a caller must not wait for fetch after fetch.
+    pub(crate) fn moved_on_from_failure(&self, err: &TokenError) -> bool {
+        let mut control = self.lock();
+        let now = Instant::now();
+        control.reap_dead_flight(now);
+        let fetch_failed = matches!(
+            err.kind(),
+            TokenErrorKind::Source | TokenErrorKind::UnusableToken { .. }
+        );
+        control.entry.as_ref().is_some_and(|e| e.usable_at(now))
+            || control.flight.is_some()
+            || (fetch_failed && control.retry_at.is_none_or(|at| now >= at))
     }
 
     /// The slow path for a caller that neither waits nor fetches a missing token: the cached
