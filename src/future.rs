@@ -241,7 +241,8 @@ where
                         tracing::debug!(error = %err, "refused request not retried: the inner service is not ready");
                         return Poll::Ready(self.no_replay());
                     }
-                    return Poll::Ready(request.take());
+                    let retry = request.take().expect("polled after completion");
+                    return Poll::Ready(self.still_usable(retry));
                 }
             }
         }
@@ -263,6 +264,30 @@ where
         }
         RefusalCounters::bump(&self.retry.core.cache.refusals().no_new_token);
         false
+    }
+
+    /// The retry with a token that may still be used: the clone may have kept it waiting long
+    /// (a `ConcurrencyLimit` held by slow requests), and a token known to be dead is never
+    /// sent. Takes the cache's token then, or keeps this one while its time is not up; `None`
+    /// (no retry) past it, or if the cache has only the refused token.
+    fn still_usable(&self, (mut request, lease): RetryRequest<B>) -> Option<RetryRequest<B>> {
+        let cache = &self.retry.core.cache;
+        if cache.is_usable(&lease) {
+            return Some((request, lease));
+        }
+        match cache.renew(&lease) {
+            Ok(None) => Some((request, lease)),
+            Ok(Some(fresh)) if fresh.header != self.retry.replay.token() => {
+                let headers = request.headers_mut();
+                headers.insert(http::header::AUTHORIZATION, fresh.header.clone());
+                Some((request, fresh))
+            }
+            Ok(Some(_)) | Err(_) => {
+                tracing::debug!("refused request not retried: its fresh token ran out");
+                RefusalCounters::bump(&cache.refusals().no_new_token);
+                None
+            }
+        }
     }
 
     /// Builds the retry with `body` and moves on to making the service ready. Returns false if

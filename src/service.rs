@@ -9,11 +9,10 @@ use std::{
 
 use http::{Request, Response, header::AUTHORIZATION};
 use http_body::Body;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::{
-    error::{BoxError, Error, TokenError, TokenErrorKind},
+    error::{BoxError, Error, TokenError},
     future::{OnRefusal, ResponseFuture, Retry},
     head::RequestHead,
     layer::{AuthStats, Core},
@@ -339,25 +338,15 @@ impl<S> BesenderAuth<S> {
         }
     }
 
-    /// The held token is no longer usable since `poll_ready`: take the cache's (starting the
-    /// refresh that is due, without waiting). If the cache has none at hand (a fetch runs, or
-    /// failed), keep the held token while its time is not up (a refusal then gets a fresh one);
-    /// past it, fail the call rather than send a token known to be dead.
+    /// The held token is no longer usable since `poll_ready`: take the cache's, or keep the held
+    /// one while its time is not up (see `TokenCache::renew`).
     #[cold]
     fn renew_lease(&mut self) -> Result<(), TokenError> {
-        let err = match self.core.cache.acquire_now() {
-            Some(Ok(fresh)) => {
-                self.lease = Some(fresh);
-                return Ok(());
-            }
-            Some(Err(err)) => err,
-            None => TokenError::new(TokenErrorKind::Expired),
-        };
-        let usable = self
-            .lease
-            .as_ref()
-            .is_some_and(|lease| Instant::now() < lease.usable_until);
-        if usable { Ok(()) } else { Err(err) }
+        let held = self.lease.as_ref().expect("Ready means a lease is held");
+        if let Some(fresh) = self.core.cache.renew(held)? {
+            self.lease = Some(fresh);
+        }
+        Ok(())
     }
 
     /// `call` without a successful `poll_ready`: the token error it reported, or a Tower

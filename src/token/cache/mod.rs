@@ -21,7 +21,7 @@ pub use self::builder::TokenCacheBuilder;
 pub(crate) use self::refusal::RefusalCounters;
 use self::state::{Lookup, Shared};
 use super::{Token, TokenSource};
-use crate::error::TokenError;
+use crate::error::{TokenError, TokenErrorKind};
 
 /// One token shared by every caller, fetched once, refreshed ahead of expiry. A cheap handle:
 /// clones share one cache.
@@ -228,6 +228,23 @@ impl TokenCache {
             Lookup::Ready(entry) => Some(Ok(local::lease_entry(&self.shared, &entry))),
             Lookup::Failed(err) => Some(Err(err)),
             Lookup::Wait(_) => None,
+        }
+    }
+
+    /// For a request about to go out with `held`, which is no longer usable (a caller or the
+    /// inner service kept it waiting): the cache's token at hand (starting the refresh that is
+    /// due, without waiting), as `Some`; else `None`, keep `held`, while its time is not up (a
+    /// refusal then gets a fresh one); past it, the error, rather than a token known to be dead.
+    pub(crate) fn renew(&self, held: &Lease) -> Result<Option<Lease>, TokenError> {
+        let err = match self.acquire_now() {
+            Some(Ok(fresh)) => return Ok(Some(fresh)),
+            Some(Err(err)) => err,
+            None => TokenError::new(TokenErrorKind::Expired),
+        };
+        if Instant::now() < held.usable_until {
+            Ok(None)
+        } else {
+            Err(err)
         }
     }
 
