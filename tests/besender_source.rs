@@ -31,6 +31,15 @@ async fn numeric_client_id_is_sent_as_a_json_number() {
         std::str::from_utf8(&request.body).unwrap(),
         format!(r#"{{"client_id":19,"client_secret":"{SECRET}"}}"#)
     );
+    // Framed by its length, as a PHP backend behind nginx expects (no chunked upload), and no
+    // credential of ours but the body's.
+    assert_eq!(
+        request.headers["content-length"],
+        request.body.len().to_string()
+    );
+    assert!(!request.headers.contains_key("transfer-encoding"));
+    assert!(!request.headers.contains_key("authorization"));
+    assert_eq!(request.uri.query(), None);
 }
 
 #[test]
@@ -101,14 +110,35 @@ async fn a_good_answer_gives_a_ready_sensitive_bearer_token() {
     assert_no_secrets(&format!("{token:?}"));
 }
 
+/// The platform document's example answer (its 响应示例) as the document prints it: its JWT is
+/// far longer than the tests' own and carries `-` and `_`, and it has no `message`.
 #[tokio::test]
-async fn absent_expires_in_means_24_hours() {
-    let fields = format!(r#""token_type":"Bearer","access_token":"{TOKEN}""#);
-    let token = fetch_from(Reply::json(200, ok_body(&fields)))
-        .await
-        .unwrap();
+async fn the_documents_example_answer_gives_its_token() {
+    let answer = include_str!("common/document_token_answer.json");
+    let example: Value = serde_json::from_str(answer).unwrap();
+    let access_token = example["data"]["token"]["access_token"].as_str().unwrap();
+    let token = fetch_from(Reply::json(200, answer)).await.unwrap();
+    assert_eq!(token.expose_access_token(), Some(access_token));
+    assert_eq!(
+        token.header_value().unwrap(),
+        &format!("Bearer {access_token}")
+    );
     assert!(token.remaining() > Duration::from_secs(86_390));
-    assert!(token.remaining() <= Duration::from_secs(86_400));
+    assert_eq!(token.user_info(), Some(&example["data"]["userInfo"]));
+    assert!(!format!("{token:?}").contains(&access_token[..40]));
+}
+
+/// The document: "access token会过期，默认设置为24小时" (it expires, by default after 24 hours).
+#[tokio::test]
+async fn absent_or_null_expires_in_means_24_hours() {
+    for expires_in in ["", r#""expires_in":null,"#] {
+        let fields = format!(r#""token_type":"Bearer",{expires_in}"access_token":"{TOKEN}""#);
+        let token = fetch_from(Reply::json(200, ok_body(&fields)))
+            .await
+            .unwrap();
+        assert!(token.remaining() > Duration::from_secs(86_390));
+        assert!(token.remaining() <= Duration::from_secs(86_400));
+    }
 }
 
 /// The document types `expires_in` as an integer; a backend that stringifies numbers (as `code`

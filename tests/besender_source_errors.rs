@@ -1,5 +1,6 @@
-//! `BesenderTokenSource` against hostile and broken endpoints: error statuses and bodies,
-//! caps, unusable tokens, refused and hanging connections, redirects, bad configuration. (`besender_source.rs` covers the request and the good answers.)
+//! `BesenderTokenSource` against hostile and broken endpoints: error statuses and bodies, caps,
+//! unusable tokens, bad configuration. (`besender_source.rs` covers the request and the good
+//! answers, `besender_source_transport.rs` connections that fail, hang or redirect.)
 
 mod common;
 
@@ -8,11 +9,13 @@ use std::{error::Error as _, time::Duration};
 use besender_auth::{BesenderErrorKind, BesenderTokenSource, TokenSource};
 use common::{
     Reply, ScriptedServer,
-    besender::{SECRET, TOKEN, error_from, good_token_fields, ok_body, source},
-    refused_addr,
+    besender::{SECRET, TOKEN, error_from, fetch_from, good_token_fields, ok_body},
 };
 use http::StatusCode;
 
+/// An HTTP error status is a refusal whatever the body says, even a complete token answer
+/// (`code` 200 and a token, behind a gateway answering 503): the status wins, and the token in
+/// it is not quoted.
 #[tokio::test]
 async fn an_http_error_status_with_an_envelope_names_status_code_and_message() {
     let err = error_from(Reply::json(
@@ -29,6 +32,13 @@ async fn an_http_error_status_with_an_envelope_names_status_code_and_message() {
         }
     );
     assert!(err.to_string().contains("HTTP 401 Unauthorized"));
+
+    let err = error_from(Reply::json(503, ok_body(&good_token_fields()))).await;
+    assert!(
+        matches!(err.kind(), BesenderErrorKind::Rejected { status, .. } if status.as_u16() == 503),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
 }
 
 /// RFC 6749 §5.2: an OAuth server (or a gateway in front of Besender) answers a bad client with
@@ -86,17 +96,33 @@ async fn malformed_json_is_reported_with_its_parse_error() {
     assert!(source.is::<serde_json::Error>());
 }
 
+/// A good answer padded with JSON whitespace to `len` bytes.
+fn answer_of_length(len: usize) -> String {
+    let mut answer = ok_body(&good_token_fields());
+    let close = answer.pop().unwrap();
+    let padding = len - answer.len() - 1;
+    answer.extend(std::iter::repeat_n(' ', padding));
+    answer.push(close);
+    answer
+}
+
+/// The cap (64 KiB) is the most that is read: an answer of exactly that length is read, one byte
+/// more is refused, whether the length was declared or the body streamed.
 #[tokio::test]
 async fn a_body_over_the_cap_is_refused_with_or_without_content_length() {
-    let huge = format!(r#"{{"code":200,"padding":"{}"}}"#, "x".repeat(100 * 1024));
-    for reply in [
-        Reply::json(200, huge.clone()),
-        Reply::json(200, huge).chunked(),
-    ] {
-        let err = error_from(reply).await;
+    let cap = 64 * 1024;
+    for chunked in [false, true] {
+        let reply = |len| match chunked {
+            false => Reply::json(200, answer_of_length(len)),
+            true => Reply::json(200, answer_of_length(len)).chunked(),
+        };
+        let token = fetch_from(reply(cap)).await;
+        assert!(token.is_ok(), "chunked {chunked}: {:?}", token.err());
+        let err = error_from(reply(cap + 1)).await;
         assert_eq!(
             err.kind(),
-            &BesenderErrorKind::BodyTooLarge { limit: 64 * 1024 }
+            &BesenderErrorKind::BodyTooLarge { limit: cap },
+            "chunked {chunked}"
         );
     }
     // A refusal with an oversize body is still the refusal, with the wait it asked for.
@@ -189,15 +215,32 @@ async fn unusable_expires_in_values_are_refused_without_overflow() {
     }
 }
 
+/// Besender issues bearer tokens only: another scheme is refused by name, a type that is not a
+/// string as a malformed field.
 #[tokio::test]
 async fn an_unknown_token_type_is_refused() {
-    let fields = format!(r#""token_type":"MAC","expires_in":60,"access_token":"{TOKEN}""#);
+    for token_type in ["MAC", "Basic", "DPoP"] {
+        let fields =
+            format!(r#""token_type":"{token_type}","expires_in":60,"access_token":"{TOKEN}""#);
+        let err = error_from(Reply::json(200, ok_body(&fields))).await;
+        assert_eq!(
+            err.kind(),
+            &BesenderErrorKind::UnsupportedTokenType {
+                token_type: token_type.into()
+            }
+        );
+    }
+    let fields = format!(r#""token_type":7,"expires_in":60,"access_token":"{TOKEN}""#);
     let err = error_from(Reply::json(200, ok_body(&fields))).await;
-    assert_eq!(
-        err.kind(),
-        &BesenderErrorKind::UnsupportedTokenType {
-            token_type: "MAC".into()
-        }
+    assert!(
+        matches!(
+            err.kind(),
+            BesenderErrorKind::InvalidField {
+                field: "data.token.token_type",
+                ..
+            }
+        ),
+        "{err:?}"
     );
 }
 
@@ -226,55 +269,6 @@ async fn a_token_that_cannot_be_a_header_is_refused_without_being_quoted() {
     let fields = r#""token_type":"Bearer","expires_in":60,"access_token":42"#;
     let err = error_from(Reply::json(200, ok_body(fields))).await;
     assert!(matches!(err.kind(), BesenderErrorKind::InvalidField { .. }));
-}
-
-#[tokio::test]
-async fn a_refused_connection_is_a_transport_error() {
-    let addr = refused_addr().await;
-    let err = source(&format!("http://{addr}")).fetch().await.unwrap_err();
-    assert_eq!(err.kind(), &BesenderErrorKind::Transport);
-    assert!(err.source().is_some());
-    assert!(err.to_string().contains(&addr.to_string()));
-    assert!(err.is_transient());
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_endpoint_that_never_answers_times_out() {
-    let server = ScriptedServer::start(Reply::Hang).await;
-    let source = BesenderTokenSource::builder(server.url())
-        .client_id(19)
-        .client_secret(SECRET)
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    let err = source.fetch().await.unwrap_err();
-    assert_eq!(
-        err.kind(),
-        &BesenderErrorKind::Timeout {
-            after: Duration::from_secs(3)
-        }
-    );
-    assert!(err.to_string().contains("3s"));
-}
-
-#[tokio::test]
-async fn redirects_are_not_followed() {
-    let target = ScriptedServer::start(Reply::json(200, ok_body(&good_token_fields()))).await;
-    let redirect = Reply::json(307, "{}").header(
-        "location",
-        format!("{}/open/api/v1/access_token", target.url()),
-    );
-    let err = error_from(redirect).await;
-    assert_eq!(
-        err.kind(),
-        &BesenderErrorKind::Redirect {
-            status: StatusCode::TEMPORARY_REDIRECT
-        }
-    );
-    assert!(
-        target.requests().is_empty(),
-        "the secret went to the redirect target"
-    );
 }
 
 #[test]
@@ -318,46 +312,4 @@ fn missing_credentials_and_bad_headers_are_configuration_errors() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("header"));
-}
-
-/// A keep-alive connection is driven by a task on the runtime that opened it: reused from
-/// another runtime while that one sits idle (a synchronous wrapper's `current_thread` runtime
-/// between `block_on` calls), it would never answer, and the call would stall until its
-/// timeout. The built-in client keeps no idle connection.
-#[test]
-fn a_token_call_from_a_second_runtime_is_not_stalled_by_the_first_runtimes_connection() {
-    let current_thread = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    // The server on a runtime of its own thread, always driven.
-    let (url_tx, url_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        current_thread().block_on(async move {
-            let server =
-                ScriptedServer::start(Reply::json(200, ok_body(&good_token_fields()))).await;
-            url_tx.send(server.url()).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    let source = BesenderTokenSource::builder(url_rx.recv().unwrap())
-        .client_id(19)
-        .client_secret(SECRET)
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let first = current_thread();
-    first.block_on(source.fetch()).expect("the first call");
-    // `first` stays alive, and idle.
-    let started = std::time::Instant::now();
-    let second = current_thread().block_on(source.fetch());
-    let took = started.elapsed();
-    assert!(
-        second.is_ok() && took < Duration::from_secs(1),
-        "from a second runtime: {:?} after {took:?}",
-        second.map(|_| ()).map_err(|e| e.to_string())
-    );
-    drop(first);
 }

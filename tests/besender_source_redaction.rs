@@ -6,7 +6,7 @@ mod common;
 use besender_auth::{BesenderTokenSource, TokenSource};
 use common::{
     Reply, ScriptedServer,
-    besender::{SECRET, assert_no_secrets, error_from},
+    besender::{SECRET, TOKEN, assert_no_secrets, error_from, good_token_fields, ok_body},
 };
 
 #[tokio::test]
@@ -76,6 +76,23 @@ async fn the_answers_own_token_is_not_quoted_in_errors() {
     }
 }
 
+/// Besides `message`, an error quotes the answer's `Content-Type` (not JSON), its
+/// `Content-Encoding` (not identity) and its `token_type` (not Bearer): a server echoing the
+/// secret into any of them does not get it into the error.
+#[tokio::test]
+async fn a_secret_echoed_in_a_header_or_field_the_error_quotes_is_scrubbed() {
+    let in_token_type =
+        format!(r#""token_type":"{SECRET}","expires_in":60,"access_token":"{TOKEN}""#);
+    for reply in [
+        Reply::with_content_type(200, &format!("text/html; x={SECRET}"), "<html>"),
+        Reply::json(200, ok_body(&good_token_fields())).header("content-encoding", SECRET),
+        Reply::json(200, ok_body(&in_token_type)),
+    ] {
+        let err = error_from(reply).await;
+        assert!(format!("{err:?}").contains("[redacted]"), "{err:?}");
+    }
+}
+
 fn builder_text_of(base_url: &str) -> String {
     format!("{:?}", BesenderTokenSource::builder(base_url))
 }
@@ -116,16 +133,23 @@ async fn an_ordinary_header_value_is_not_cut_out_of_messages() {
     );
 }
 
+/// Nor the value of an extra header, which may be a gateway's key: its name only.
 #[test]
 fn debug_of_builder_and_source_never_shows_the_secret() {
+    let key = "gw-key-0123456789abcdef";
     let builder = BesenderTokenSource::builder("http://127.0.0.1:9")
         .client_id(19)
-        .client_secret(SECRET);
+        .client_secret(SECRET)
+        .header("x-gateway-key", key);
     let builder_text = format!("{builder:?}");
     let source = builder.build().unwrap();
     let source_text = format!("{source:?} {source:#?}");
     for text in [builder_text, source_text] {
         assert_no_secrets(&text);
-        assert!(text.contains("[redacted]"), "{text}");
+        assert!(!text.contains(key), "{text}");
+        assert!(
+            text.contains("[redacted]") && text.contains("x-gateway-key"),
+            "{text}"
+        );
     }
 }

@@ -182,6 +182,9 @@ async fn a_refused_upload_over_the_cap_returns_the_refusal_unchanged() {
     }
 }
 
+/// README, "early refusal": "the retry waits (up to 1 s) for the first attempt to let go of the
+/// body, then replays what was sent and streams the rest; otherwise the original response.
+/// Over HTTP/1.1 hyper may report the server's early close as a send error instead."
 #[tokio::test]
 async fn an_early_refusal_of_a_streaming_body_ends_in_a_correct_outcome() {
     for h2 in [false, true] {
@@ -201,12 +204,14 @@ async fn an_early_refusal_of_a_streaming_body_ends_in_a_correct_outcome() {
         let (body, content) = streaming_body(32 * 1024, refused);
         let outcome = send(&service, post(&fake.demo_url(), body)).await;
         match outcome {
-            // Retried: the fake echoes the body it received, which must be the original.
+            // Retried: the fake echoes the body it received, which must be the original. Over
+            // h2 the body the fake left unread ends with its stream, and the first attempt lets
+            // go of it within the wait: there the retry always happens.
             Ok(response) if response.status() == StatusCode::OK => {
                 assert_eq!(body_of(response).await, content, "h2: {h2}")
             }
-            // Or the refusal itself, never a corrupt body.
-            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+            // Or, over HTTP/1.1, the refusal itself, never a corrupt body.
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !h2 => {
                 assert!(layer.stats().refused_replays >= 1)
             }
             // HTTP/1.1: the server closes the connection after its early answer, and hyper

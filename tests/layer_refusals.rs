@@ -1,6 +1,7 @@
 //! The layer's judgement of refusals over a hyper-util client against real servers on
-//! 127.0.0.1: what is a refusal, revocations in quick succession and by turns, persistent
-//! refusal, dropped futures, retry off, and failures of the token endpoint or the inner service.
+//! 127.0.0.1: what is a refusal (the challenges of a 401, judged on the head alone), revocations
+//! in quick succession and by turns, persistent refusal, dropped futures, retry off, and
+//! failures of the token endpoint or the inner service.
 
 mod common;
 
@@ -42,6 +43,107 @@ async fn a_401_that_offers_only_basic_is_not_a_refusal_of_the_token() {
     assert_eq!(server.requests().len(), 3, "never retried");
     assert_eq!(source.calls(), 1, "the token was not evicted");
     assert_eq!(layer.stats().refusals, 0);
+}
+
+/// What a 401's challenges say, read as RFC 9110 §11.6.1 writes them: one `WWW-Authenticate`
+/// value may list several challenges and a response may carry several values; auth-param is
+/// `token BWS "=" BWS ( token / quoted-string )` (§11.2), and a quoted string may hold commas,
+/// `=` and escaped quotes; a scheme may carry a token68 (`=` padding included) instead of
+/// parameters. A `Bearer` challenge saying `insufficient_scope` (RFC 6750 §3.1) is no reason
+/// for a new token, nor are challenges of other schemes only; anything else is a refusal. The
+/// rows the classifier's own tests (src/classify/tests.rs) do not decide, through the layer:
+/// a refusal is retried once with a fresh token; otherwise the 401 is returned, not retried,
+/// and the token stays cached.
+#[tokio::test]
+async fn www_authenticate_is_read_as_rfc_9110_writes_challenges() {
+    let table: &[(&[&str], bool)] = &[
+        // §11.1, §11.2: scheme and parameter names are case-insensitive.
+        (&[r#"BEARER Error="insufficient_scope""#], false),
+        // Other schemes only, one per value.
+        (
+            &[r#"Basic realm="x""#, r#"Digest realm="y", nonce="z""#],
+            false,
+        ),
+        // §11.6.1's own example: escaped quotes inside a quoted string, then another challenge.
+        (
+            &[r#"Newauth realm="apps", type=1, title="Login to \"apps\"", Basic realm="simple""#],
+            false,
+        ),
+        // Whitespace around `=`.
+        (&[r#"Bearer error = "insufficient_scope""#], false),
+        // A quoted string is one value, whatever it holds.
+        (
+            &[r#"Bearer realm="a, error=\"insufficient_scope\"", error="invalid_token""#],
+            true,
+        ),
+        (&[r#"Bearer realm="error=\"invalid_request\"""#], true),
+        (&[r#"Bearer realm="a\", error=insufficient_scope""#], true),
+        (
+            &[r#"Bearer error_description="error=insufficient_scope""#],
+            true,
+        ),
+        // A token68 ends its challenge: the Bearer challenge after it counts.
+        (
+            &[r#"Negotiate YIIabc==, Bearer error="insufficient_scope""#],
+            false,
+        ),
+        (&[r#"Negotiate YIIabc==, Bearer realm="r""#], true),
+    ];
+    for &(challenges, refusal) in table {
+        let reply = challenges
+            .iter()
+            .fold(Reply::json(401, "{}"), |reply, challenge| {
+                reply.header("www-authenticate", *challenge)
+            });
+        let server = ScriptedServer::start(reply).await;
+        let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+        let layer = BesenderAuthLayer::new(source.source());
+        let service = layer.layer_service(hyper_client(false));
+        let response = send(&service, post(&server.url(), full_body("{}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{challenges:?}"
+        );
+        if refusal {
+            assert_eq!(server.requests().len(), 2, "{challenges:?}: not retried");
+            assert_eq!(source.calls(), 2, "{challenges:?}: no fresh token");
+        } else {
+            assert_eq!(server.requests().len(), 1, "{challenges:?}: retried");
+            send(&service, post(&server.url(), full_body("{}")))
+                .await
+                .unwrap();
+            assert_eq!(source.calls(), 1, "{challenges:?}: the token was evicted");
+        }
+    }
+}
+
+/// The refusal is judged on the response head (src/classify.rs: "decided on the status and
+/// headers alone, before the response body is read"): a 401 whose body never ends is retried at
+/// once, its body unread. Over HTTP/1.1 the refusal's connection stays busy with that body, so
+/// the retry goes out on another.
+#[tokio::test]
+async fn a_refusal_whose_body_never_ends_is_retried_without_reading_it() {
+    for h2 in [false, true] {
+        let server = ScriptedServer::start(
+            Reply::json(401, r#"{"code":401,"message":"#)
+                .header("www-authenticate", r#"Bearer error="invalid_token""#)
+                .endless(),
+        )
+        .await;
+        let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+        let layer = BesenderAuthLayer::new(source.source());
+        let service = layer.layer_service(hyper_client(h2));
+        let response = send(&service, post(&server.url(), full_body("{}")))
+            .await
+            .unwrap();
+        // The retry's answer: the same endless refusal.
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "h2: {h2}");
+        assert_eq!(server.requests().len(), 2, "h2 {h2}: not retried");
+        assert_eq!(layer.stats().retries, 1, "h2: {h2}");
+    }
 }
 
 /// An API that signals a refused token with 403: a custom classifier, as a closure (whose

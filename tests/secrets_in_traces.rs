@@ -1,6 +1,7 @@
 //! ANCHORS "tokens in logs": no trace event or span field carries the client secret or a token,
-//! over a refused fetch from an endpoint that echoes the secret, a successful fetch, a refusal
-//! of the token by the API, the forced refresh and the retry.
+//! over failed fetches the cache logs at WARN (an endpoint that echoes the secret, one that
+//! sends the header value as `token_type`), a successful fetch, a refusal of the token by the
+//! API, the forced refresh and the retry.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use besender_auth::{BesenderAuthLayer, BesenderTokenSource, Token, TokenSource};
+use besender_auth::{BesenderAuthLayer, BesenderTokenSource, Token, TokenCache, TokenSource};
 use common::{Reply, ScriptedServer, full_body, hyper_client};
 use http::{Request, StatusCode};
 use tower::{Layer, ServiceExt};
@@ -35,14 +36,22 @@ async fn no_token_or_secret_reaches_the_trace_output() {
     let events = Arc::new(Mutex::new(String::new()));
     let _guard = tracing::subscriber::set_default(Capture(Arc::clone(&events)));
 
-    // Token endpoint: first call echoes the secret in a refusal, later calls succeed.
+    // Fetches that fail, through a cache, which logs each failure with its error: a refusal
+    // that echoes the secret, and an answer whose `token_type` is the whole header value.
     let token_server = ScriptedServer::start(Reply::json(200, ok_body())).await;
     let echo = ScriptedServer::start(Reply::json(
         200,
         format!(r#"{{"code":401,"message":"bad secret {SECRET}"}}"#),
     ))
     .await;
-    let _ = source(&echo.url()).fetch().await;
+    let as_type = ScriptedServer::start(Reply::json(
+        200,
+        ok_body().replace(r#""Bearer""#, &format!(r#""Bearer {TOKEN}""#)),
+    ))
+    .await;
+    for failing in [&echo, &as_type] {
+        assert!(TokenCache::new(source(&failing.url())).get().await.is_err());
+    }
 
     let api = common::AuthServer::start().await;
     api.refuse(TOKEN);
@@ -76,6 +85,10 @@ async fn no_token_or_secret_reaches_the_trace_output() {
     for secret in [SECRET, TOKEN, "c2lnbmF0dXJl", "second-token-value"] {
         assert!(!text.contains(secret), "{secret} in trace output: {text}");
     }
+    assert!(
+        text.contains("[redacted]"),
+        "the failures were not logged: {text}"
+    );
 }
 
 struct Capture(Arc<Mutex<String>>);

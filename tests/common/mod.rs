@@ -42,12 +42,14 @@ pub struct Captured {
 /// What the scripted server answers.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// A complete answer. `chunked` sends the body in pieces without a `Content-Length`.
+    /// An answer. `chunked` sends the body in pieces without a `Content-Length`; `endless`
+    /// sends the body, then never ends it.
     Respond {
         status: StatusCode,
         headers: Vec<(&'static str, String)>,
         body: Vec<u8>,
         chunked: bool,
+        endless: bool,
     },
     /// Read the request, then never answer.
     Hang,
@@ -60,6 +62,7 @@ impl Reply {
             headers: vec![("content-type", "application/json".into())],
             body: body.into().into_bytes(),
             chunked: false,
+            endless: false,
         }
     }
 
@@ -69,12 +72,21 @@ impl Reply {
             headers: vec![("content-type", content_type.into())],
             body: body.into(),
             chunked: false,
+            endless: false,
         }
     }
 
     pub fn chunked(mut self) -> Self {
         if let Reply::Respond { chunked, .. } = &mut self {
             *chunked = true;
+        }
+        self
+    }
+
+    /// The body, then no end: a server that stops sending half-way, or streams forever.
+    pub fn endless(mut self) -> Self {
+        if let Reply::Respond { endless, .. } = &mut self {
+            *endless = true;
         }
         self
     }
@@ -172,12 +184,14 @@ async fn respond(reply: Reply) -> Response<Frames> {
             headers,
             body,
             chunked,
+            endless,
         } => {
-            let body = if chunked {
+            let body = if chunked || endless {
                 Frames::streamed(body.chunks(1024).map(Bytes::copy_from_slice), None)
             } else {
                 Frames::exact(Bytes::from(body))
             };
+            let body = if endless { body.never_ending() } else { body };
             let mut response = Response::new(body);
             *response.status_mut() = status;
             for (name, value) in headers {
@@ -193,10 +207,11 @@ async fn respond(reply: Reply) -> Response<Frames> {
 /// A body of ready frames, handed out in order, that reports its end once every frame (trailers
 /// included) was read. An `exact` body declares its size (the data still to come), so hyper
 /// sends a `Content-Length`; otherwise its size is unknown and hyper streams it (chunked over
-/// HTTP/1.1), as a caller's streaming body would be.
+/// HTTP/1.1), as a caller's streaming body would be. A `never_ending` body has no end.
 pub struct Frames {
     frames: VecDeque<Frame<Bytes>>,
     exact: bool,
+    endless: bool,
 }
 
 impl Frames {
@@ -205,6 +220,7 @@ impl Frames {
         Self {
             frames: VecDeque::from([Frame::data(body)]),
             exact: true,
+            endless: false,
         }
     }
 
@@ -215,7 +231,15 @@ impl Frames {
         Self {
             frames,
             exact: false,
+            endless: false,
         }
+    }
+
+    /// These frames, then nothing, ever: the body stays open (of unknown size).
+    pub fn never_ending(mut self) -> Self {
+        self.exact = false;
+        self.endless = true;
+        self
     }
 
     /// [`streamed`](Self::streamed), from text.
@@ -233,7 +257,12 @@ impl Body for Frames {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.frames.pop_front().map(Ok))
+        match self.frames.pop_front() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            // Never woken: nothing more will come.
+            None if self.endless => Poll::Pending,
+            None => Poll::Ready(None),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -245,7 +274,7 @@ impl Body for Frames {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty()
+        self.frames.is_empty() && !self.endless
     }
 }
 
