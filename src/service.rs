@@ -306,8 +306,8 @@ impl<S> BesenderAuth<S> {
             (Phase::Waiting, Some(Slow::Waiting(wait))) => match ready!(wait.as_mut().poll(cx)) {
                 Ok(lease) => Acquire::Ready(lease),
                 // The fetch may have failed long before this poll (a `Buffer` polls its service
-                // again only for its next request): its error is stale once the cache moved on.
-                Err(err) => self.core.cache.acquire_after_failure(err),
+                // again only for its next request): its error may be stale by now.
+                Err(_) => self.core.cache.acquire_after_failure(),
             },
             _ => self.core.cache.acquire(),
         };

@@ -203,19 +203,19 @@ impl TokenCache {
         }
     }
 
-    /// [`acquire`](Self::acquire) for a caller whose wait for a fetch ended in `err`, possibly
+    /// [`acquire`](Self::acquire) for a caller whose wait for a fetch ended in an error, possibly
     /// long ago: a service is polled again only when its caller wants it (a `Buffer` whose
-    /// request was cancelled polls its service again only for the next request). `err` while
-    /// it is still the cache's last word (see `Shared::moved_on_from_failure`); otherwise what
-    /// the cache has now, as for any caller.
-    pub(crate) fn acquire_after_failure(&self, err: TokenError) -> Acquire {
+    /// request was cancelled polls its service again only for the next request). The failure
+    /// the cache holds while its backoff runs (see `Shared::failure_in_force`); otherwise what
+    /// any caller gets now.
+    pub(crate) fn acquire_after_failure(&self) -> Acquire {
         if let Some(lease) = self.try_lease() {
             return Acquire::Ready(lease);
         }
-        if !self.shared.moved_on_from_failure(&err) {
-            return Acquire::Failed(err);
+        match self.shared.failure_in_force() {
+            Some(err) => Acquire::Failed(err),
+            None => self.acquire(),
         }
-        self.acquire()
     }
 
     /// [`acquire`](Self::acquire) for a caller that cannot wait: `None` while a fetch runs

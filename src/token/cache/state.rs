@@ -68,10 +68,7 @@ use super::{
     refusal::RefusalCounters,
     schedule::asked_wait,
 };
-use crate::{
-    error::{TokenError, TokenErrorKind},
-    token::Token,
-};
+use crate::{error::TokenError, token::Token};
 
 /// "Take the lock and look at the clock": the state word alone does not say the entry is valid.
 pub(super) const CHECK: u64 = 1;
@@ -226,22 +223,21 @@ impl Shared {
             .cloned()
     }
 
-    /// Whether a caller holding `err`, the end of its wait for a fetch, should look at the
-    /// cache again: a usable token is cached, or a newer fetch runs, or `err` is a fetch's
-    /// failure whose backoff is over (the next attempt is due). Not for an error of the wait
-    /// itself (a stalled or cancelled fetch, no runtime): the next attempt would stall the same
-    /// way, and a caller must not wait for fetch after fetch.
-    pub(crate) fn moved_on_from_failure(&self, err: &TokenError) -> bool {
-        let mut control = self.lock();
+    /// For a caller whose wait for a fetch ended in an error, maybe long ago: the failure the
+    /// cache holds now, if it would give one to any caller (its backoff runs, and no usable
+    /// token or newer fetch is there). A caller polled as its wait ends always finds its own
+    /// fetch's failure so, and never waits for fetch after fetch. Not counted as a held error:
+    /// for that caller it is usually the end of its own wait.
+    pub(crate) fn failure_in_force(&self) -> Option<TokenError> {
+        let control = self.lock();
         let now = Instant::now();
-        control.reap_dead_flight(now);
-        let fetch_failed = matches!(
-            err.kind(),
-            TokenErrorKind::Source | TokenErrorKind::UnusableToken { .. }
-        );
-        control.entry.as_ref().is_some_and(|e| e.usable_at(now))
-            || control.flight.is_some()
-            || (fetch_failed && control.retry_at.is_none_or(|at| now >= at))
+        let usable = control.entry.as_ref().is_some_and(|e| e.usable_at(now));
+        let fetching = control.flight.as_ref().is_some_and(|f| !f.is_dead(now));
+        let backing_off = control.retry_at.is_some_and(|at| now < at);
+        match &control.last_error {
+            Some(err) if backing_off && !usable && !fetching => Some(err.clone()),
+            _ => None,
+        }
     }
 
     /// The slow path for a caller that neither waits nor fetches a missing token: the cached
