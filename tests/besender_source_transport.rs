@@ -24,15 +24,20 @@ async fn a_refused_connection_is_a_transport_error() {
     assert!(err.is_transient());
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_endpoint_that_never_answers_times_out() {
-    let server = ScriptedServer::start(Reply::Hang).await;
-    let source = BesenderTokenSource::builder(server.url())
+/// A source for `server` whose token call times out after 3 s.
+fn with_a_3s_timeout(server: &ScriptedServer) -> BesenderTokenSource {
+    BesenderTokenSource::builder(server.url())
         .client_id(19)
         .client_secret(SECRET)
         .timeout(Duration::from_secs(3))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_that_never_answers_times_out() {
+    let server = ScriptedServer::start(Reply::Hang).await;
+    let source = with_a_3s_timeout(&server);
     let err = source.fetch().await.unwrap_err();
     assert_eq!(
         err.kind(),
@@ -48,12 +53,7 @@ async fn an_endpoint_that_never_answers_times_out() {
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_that_stops_half_way_through_its_answer_times_out() {
     let server = ScriptedServer::start(Reply::json(200, r#"{"code":200,"data":"#).endless()).await;
-    let source = BesenderTokenSource::builder(server.url())
-        .client_id(19)
-        .client_secret(SECRET)
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
+    let source = with_a_3s_timeout(&server);
     let err = tokio::time::timeout(Duration::from_secs(60), source.fetch())
         .await
         .expect("the body read is not bounded by the timeout")
