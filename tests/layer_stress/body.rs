@@ -178,7 +178,8 @@ impl BodySpec {
     }
 }
 
-/// A request body as [`BodySpec`] describes it.
+/// A request body as [`BodySpec`] describes it. (`common::Frames` scripts bodies that never
+/// stall or fail, of exact or unknown size, ending eagerly: these need all of it.)
 pub struct StressBody {
     frames: VecDeque<Frame<Bytes>>,
     framing: Framing,

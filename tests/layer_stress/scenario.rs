@@ -296,7 +296,7 @@ fn api_plan(rng: &mut Rng, mode: Mode, tight: bool) -> ApiPlan {
             true => 1_500,
             false => rng.pick(&[(1, 0), (2, 200), (2, 1_500)]),
         }),
-        long_percent: rng.pick(&[(2, 0), (1, 3)]),
+        long_percent: rng.pick(&[(1, 0), (1, 3), (1, 8)]),
         long: mode.ms(20_000),
         drain_max: mode.ms(rng.pick(&[(1, 100), (1, 1_500), (1, 4_000)])),
     }
