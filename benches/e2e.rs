@@ -10,7 +10,8 @@
 //! layer with retry off; `E2E_PROTO=h1` or `E2E_PROTO=h2c` runs one protocol; `E2E_PAIRS` and
 //! `E2E_REQUESTS` (per run) change the sample; `E2E_ONLY=baseline` or `E2E_ONLY=layer` runs one
 //! side alone, for a profiler or `strace -c` (both send the same bytes and make the same
-//! syscalls per request).
+//! syscalls per request). `E2E_AA=1` compares the baseline with an identical second client (the
+//! method's own bias), `E2E_WRAP=1` with one whose body is wrapped in a `ReplayBody`.
 
 use std::{
     convert::Infallible,
@@ -247,7 +248,17 @@ fn main() {
             let label = if h2 { "h2c" } else { "HTTP/1.1" };
             // E2E_AA=1: the baseline against a second, identical baseline client, to show the
             // bias of the method itself (which side runs second, which pool was made last).
-            if std::env::var_os("E2E_AA").is_some() {
+            // E2E_WRAP=1: the baseline against itself with the layer's body type (`ReplayBody`,
+            // passed through), to isolate what the body's change of type costs.
+            if std::env::var_os("E2E_WRAP").is_some() {
+                let wrapped: Client<HttpConnector, ReplayBody<Full<Bytes>>> =
+                    Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
+                let other = tower::ServiceBuilder::new()
+                    .map_request(|r: Request<Full<Bytes>>| r.map(ReplayBody::new))
+                    .service(AddAuthorization::bearer(wrapped, &token).as_sensitive(true));
+                throughput(other.clone(), &url, body.clone(), requests).await;
+                pairs_row(label, baseline, other, &url, &body, requests, pairs).await;
+            } else if std::env::var_os("E2E_AA").is_some() {
                 let plain_too: Client<HttpConnector, Full<Bytes>> =
                     Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
                 let other = AddAuthorization::bearer(plain_too, &token).as_sensitive(true);
