@@ -233,9 +233,8 @@ impl Shared {
         let now = Instant::now();
         let usable = control.entry.as_ref().is_some_and(|e| e.usable_at(now));
         let fetching = control.flight.as_ref().is_some_and(|f| !f.is_dead(now));
-        let backing_off = control.retry_at.is_some_and(|at| now < at);
-        match &control.last_error {
-            Some(err) if backing_off && !usable && !fetching => Some(err.clone()),
+        match control.error_held_at(now) {
+            Some(err) if !usable && !fetching => Some(err.clone()),
             _ => None,
         }
     }
@@ -288,12 +287,9 @@ impl Shared {
             }
             return (Lookup::Wait(waiter), expired);
         }
-        if let (Some(err), Some(at)) = (&control.last_error, control.retry_at) {
-            if now < at {
-                let err = err.clone();
-                control.stats.held_errors += 1;
-                return (Lookup::Failed(err), expired);
-            }
+        if let Some(err) = control.error_held_at(now).cloned() {
+            control.stats.held_errors += 1;
+            return (Lookup::Failed(err), expired);
         }
         let lookup = match self.spawn_fetch(&mut control, Origin::Normal) {
             Ok(flight) => Lookup::Wait(flight),
@@ -410,6 +406,13 @@ impl Control {
             .refresh_at
             .max(self.retry_at.unwrap_or(now))
             .max(self.ahead_after.unwrap_or(now))
+    }
+
+    /// The last fetch's failure, while its backoff runs at `now`: what a caller with no token
+    /// gets instead of a new fetch.
+    pub(super) fn error_held_at(&self, now: Instant) -> Option<&TokenError> {
+        let backing_off = self.retry_at.is_some_and(|at| now < at);
+        self.last_error.as_ref().filter(|_| backing_off)
     }
 
     /// Forgets a fetch whose task was dropped before it first ran, or that stalled.
