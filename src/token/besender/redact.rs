@@ -36,7 +36,6 @@ const MIN_HEADER_SECRET: usize = 8;
 const DECODINGS: usize = 2;
 
 /// The secrets to hide, as bytes (a header value may not be UTF-8), each once.
-#[derive(Clone)]
 pub(crate) struct Redactions {
     secrets: Vec<Vec<u8>>,
 }
@@ -60,10 +59,15 @@ impl Redactions {
                     .then(|| bytes.iter().map(|&b| char::from(b)).collect::<String>());
                 std::iter::once(bytes.to_vec()).chain(latin1.map(String::into_bytes))
             });
-        let mut secrets: Vec<Vec<u8>> = std::iter::once(secret.as_bytes().to_vec())
+        let secrets: Vec<Vec<u8>> = std::iter::once(secret.as_bytes().to_vec())
             .chain(credentials)
             .filter(|secret| !secret.is_empty())
             .collect();
+        Self::from_secrets(secrets)
+    }
+
+    /// `secrets`, longest first (so a secret inside a longer one hides no less), each once.
+    fn from_secrets(mut secrets: Vec<Vec<u8>>) -> Self {
         secrets.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
         Self { secrets }
@@ -73,13 +77,11 @@ impl Redactions {
     /// (a server may quote it in its message, or send the header value as the token type);
     /// unless it is too short to be one, as for credential headers.
     pub(crate) fn and_token(&self, token: &str) -> Self {
-        let mut more = self.clone();
-        if token.len() >= MIN_HEADER_SECRET && !more.secrets.iter().any(|s| s == token.as_bytes()) {
-            more.secrets.push(token.as_bytes().to_vec());
-            more.secrets
-                .sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        let mut secrets = self.secrets.clone();
+        if token.len() >= MIN_HEADER_SECRET {
+            secrets.push(token.as_bytes().to_vec());
         }
-        more
+        Self::from_secrets(secrets)
     }
 
     /// `text` with every stretch that is, or decodes to, a secret replaced by `[redacted]`.
