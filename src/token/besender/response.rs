@@ -57,11 +57,21 @@ pub(crate) fn parse(
         return Err(invalid("(response)", "expected a JSON object"));
     };
 
-    // Before any of the answer's text is quoted: the token it carries is as secret as ours.
+    // `data` and `data.token`, read once. What is wrong with them is reported only once `code`
+    // says success, but the token they carry is as secret as ours: it is scrubbed from any of
+    // the answer's text quoted before that, whatever else is wrong with the answer.
+    let data = object_field(&envelope, "data", "data");
+    let token = data
+        .as_ref()
+        .ok()
+        .map(|data| object_field(data, "token", "data.token"));
+    let answered = token
+        .as_ref()
+        .and_then(|token| token.as_ref().ok()?.get("access_token")?.as_str());
     let with_token;
-    let secrets = match answered_token(&envelope) {
-        Some(token) => {
-            with_token = secrets.and_token(&token);
+    let secrets = match answered {
+        Some(answered) => {
+            with_token = secrets.and_token(answered);
             &with_token
         }
         None => secrets,
@@ -83,8 +93,8 @@ pub(crate) fn parse(
         (Some(_), Some(other)) => return Err((rejected(status, Some(other), message), None)),
     }
 
-    let data = object_field(&envelope, "data", "data")?;
-    let token = object_field(&data, "token", "data.token")?;
+    let data = data?;
+    let token = token.expect("`data` is an object")?;
 
     let access_token = match token.get("access_token") {
         None | Some(Value::Null) => return Err(missing("data.token.access_token")),
@@ -191,14 +201,6 @@ fn oauth_error(envelope: &Map<String, Value>, secrets: &Redactions) -> Option<St
         None => error.to_owned(),
     };
     Some(echo(&text, secrets))
-}
-
-/// The access token the answer carries, if any, wherever [`parse`] would look for it (`data` and
-/// `data.token` as objects or as strings holding them), whatever else is wrong with the answer.
-fn answered_token(envelope: &Map<String, Value>) -> Option<String> {
-    let data = object_of(envelope.get("data")?)?;
-    let token = object_of(data.get("token")?)?;
-    token.get("access_token")?.as_str().map(str::to_owned)
 }
 
 /// An object, or a string holding one (see [`object_field`]).
