@@ -48,10 +48,8 @@ fn client_ids_convert_from_every_integer_and_string_type() {
     assert_eq!(ClientId::from(19u64), ClientId::Number(19));
     assert_eq!(ClientId::from(19usize), ClientId::Number(19));
     assert_eq!(ClientId::from(-19isize), ClientId::Number(-19));
-    assert_eq!(
-        ClientId::from(u64::MAX),
-        ClientId::Text(u64::MAX.to_string())
-    );
+    assert_eq!(ClientId::from(u64::MAX), ClientId::Number(u64::MAX.into()));
+    assert_eq!(ClientId::from(i64::MIN), ClientId::Number(i64::MIN.into()));
     assert_eq!(
         ClientId::from(&"abc".to_owned()),
         ClientId::Text("abc".into())
@@ -75,6 +73,39 @@ async fn string_client_id_is_sent_as_a_json_string() {
     let body: Value = serde_json::from_slice(&server.requests()[0].body).unwrap();
     assert_eq!(body["client_id"], Value::String("abc".into()));
     assert_eq!(body["client_secret"], Value::String(SECRET.into()));
+}
+
+/// "Sent back exactly as given": a number of any integer type stays a JSON number, to its
+/// last digit, at both ends of the 64-bit range.
+#[tokio::test]
+async fn the_widest_numeric_client_ids_are_sent_as_json_numbers() {
+    for (id, text) in [
+        (
+            besender_auth::ClientId::from(u64::MAX),
+            "18446744073709551615",
+        ),
+        (
+            besender_auth::ClientId::from(i64::MIN),
+            "-9223372036854775808",
+        ),
+    ] {
+        let server = ScriptedServer::start(Reply::json(200, ok_body(&good_token_fields()))).await;
+        BesenderTokenSource::builder(server.url())
+            .client_id(id)
+            .client_secret(SECRET)
+            .build()
+            .unwrap()
+            .fetch()
+            .await
+            .unwrap();
+        let body = std::str::from_utf8(&server.requests()[0].body)
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            body,
+            format!(r#"{{"client_id":{text},"client_secret":"{SECRET}"}}"#)
+        );
+    }
 }
 
 #[tokio::test]

@@ -37,8 +37,10 @@ type HttpClient =
 /// string. (The document types it a string; its example sends the number `19`.)
 #[derive(Clone, PartialEq, Eq)]
 pub enum ClientId {
-    /// Sent as a JSON number, e.g. `19`.
-    Number(i64),
+    /// Sent as a JSON number, e.g. `19`: any value of any of Rust's 64-bit (or narrower)
+    /// integer types, `u64::MAX` included. (Beyond those, which no real ID is, as its decimal
+    /// text.)
+    Number(i128),
     /// Sent as a JSON string, e.g. `"abc"`.
     Text(String),
 }
@@ -46,7 +48,11 @@ pub enum ClientId {
 impl ClientId {
     fn to_json(&self) -> Value {
         match self {
-            ClientId::Number(n) => Value::from(*n),
+            ClientId::Number(n) => match (i64::try_from(*n), u64::try_from(*n)) {
+                (Ok(n), _) => Value::from(n),
+                (_, Ok(n)) => Value::from(n),
+                _ => Value::from(n.to_string()),
+            },
             ClientId::Text(s) => Value::from(s.as_str()),
         }
     }
@@ -63,10 +69,11 @@ impl fmt::Debug for ClientId {
 
 macro_rules! client_id_from_integer {
     ($($t:ty),*) => {$(
-        /// A number as a JSON number (one past `i64::MAX`, no real ID, as its decimal text).
+        /// A number as a JSON number.
         impl From<$t> for ClientId {
             fn from(n: $t) -> Self {
-                i64::try_from(n).map_or_else(|_| ClientId::Text(n.to_string()), ClientId::Number)
+                // Infallible for every type listed (`TryFrom` for `usize` and `isize`).
+                i128::try_from(n).map_or_else(|_| ClientId::Text(n.to_string()), ClientId::Number)
             }
         }
     )*};
