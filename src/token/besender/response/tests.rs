@@ -181,3 +181,153 @@ fn the_answers_access_token_is_never_quoted() {
         );
     }
 }
+
+/// Any answer, well-formed or not: no panic, no secret and no answered token in the error,
+/// and a token only with a plausible expiry.
+mod any_answer {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.the-answered-token.c2ln";
+
+    /// Text a server may send back: plain, or quoting the secret or the token.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ -~]{0,12}",
+            Just(format!("echo {SECRET}")),
+            Just(format!("bad token {TOKEN}")),
+            Just(format!("Bearer {TOKEN}")),
+            Just(String::new()),
+        ]
+    }
+
+    /// A field's value, of any JSON type (`None`: absent); `specific` half the time, so that
+    /// well-formed answers are common too.
+    fn field(specific: impl Strategy<Value = Value> + 'static) -> BoxedStrategy<Option<Value>> {
+        prop_oneof![
+            1 => Just(None),
+            1 => Just(Some(Value::Null)),
+            8 => specific.prop_map(Some),
+            1 => any::<bool>().prop_map(|b| Some(json!(b))),
+            1 => any::<i64>().prop_map(|n| Some(json!(n))),
+            1 => any::<f64>().prop_map(|f| Some(json!(f))),
+            1 => text().prop_map(|t| Some(json!(t))),
+            1 => Just(Some(json!([1, 2]))),
+        ]
+        .boxed()
+    }
+
+    fn expires_in() -> impl Strategy<Value = Value> {
+        let limit = MAX_TOKEN_LIFETIME.as_secs();
+        prop_oneof![
+            1 => any::<u64>().prop_map(|n| json!(n)),
+            2 => (1u64..100_000).prop_map(|n| json!(n)),
+            1 => (1u64..100_000).prop_map(|n| json!(n.to_string())),
+            // Either side of the limit.
+            4 => (limit - 1000..limit + 1000).prop_map(|n| json!(n)),
+            1 => Just(json!(" 86400 ")),
+            1 => Just(json!("1e3")),
+            1 => Just(json!(0.5)),
+            1 => Just(json!(-3)),
+        ]
+    }
+
+    fn put(map: &mut serde_json::Map<String, Value>, key: &str, value: Option<Value>) {
+        if let Some(value) = value {
+            map.insert(key.to_owned(), value);
+        }
+    }
+
+    /// An envelope, and whether it carries `TOKEN` where the parser looks for the token.
+    fn answer() -> impl Strategy<Value = (Value, bool)> {
+        let token = (
+            field(Just(json!(TOKEN))),
+            field(prop_oneof![Just(json!("Bearer")), Just(json!(" bearer "))]),
+            field(expires_in()),
+        );
+        let shape = (
+            field(prop_oneof![
+                Just(json!(200)),
+                Just(json!("200")),
+                Just(json!(401))
+            ]),
+            field(text().prop_map(Value::from)),
+            field(text().prop_map(Value::from)),
+            0u8..4,
+        );
+        (token, shape).prop_map(
+            |((access, kind, expiry), (code, message, error, nesting))| {
+                let carried = access.as_ref() == Some(&json!(TOKEN));
+                let mut token = serde_json::Map::new();
+                put(&mut token, "access_token", access);
+                put(&mut token, "token_type", kind);
+                put(&mut token, "expires_in", expiry);
+                let token = Value::Object(token);
+                // `data` and `data.token` as objects or as strings holding them.
+                let token = if nesting & 1 == 1 {
+                    json!(token.to_string())
+                } else {
+                    token
+                };
+                let data = json!({ "token": token, "userInfo": { "id": 2 } });
+                let data = if nesting & 2 == 2 {
+                    json!(data.to_string())
+                } else {
+                    data
+                };
+                let mut envelope = serde_json::Map::new();
+                put(&mut envelope, "code", code);
+                put(&mut envelope, "message", message);
+                put(&mut envelope, "error", error);
+                envelope.insert(
+                    "error_description".into(),
+                    json!(format!("{TOKEN} {SECRET}")),
+                );
+                envelope.insert("data".into(), data);
+                (Value::Object(envelope), carried)
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn an_answer_is_a_plausible_token_or_an_error_that_quotes_no_secret(
+            (envelope, carried) in answer(),
+            status in prop_oneof![Just(200u16), Just(201), Just(401), Just(500)],
+        ) {
+            let sent_at = Instant::now();
+            match parse_body(status, &envelope.to_string()) {
+                Ok(token) => {
+                    prop_assert!((200..300).contains(&status));
+                    prop_assert!(token.expires_at() > sent_at);
+                    prop_assert!(token.expires_at() <= sent_at + MAX_TOKEN_LIFETIME);
+                }
+                Err((kind, source)) => {
+                    let shown = format!("{kind:?} {source:?}");
+                    prop_assert!(!shown.contains(SECRET), "{}", shown);
+                    if carried {
+                        prop_assert!(!shown.contains("the-answered-token"), "{}", shown);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_an_answer_or_an_error(
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            status in prop_oneof![Just(200u16), Just(500)],
+        ) {
+            let _ = parse(
+                StatusCode::from_u16(status).unwrap(),
+                Some("application/json"),
+                &body,
+                Instant::now(),
+                &secrets(),
+            );
+        }
+    }
+}
