@@ -39,6 +39,9 @@ pub(crate) fn parse(
     sent_at: Instant,
     secrets: &Redactions,
 ) -> Result<Token, ParseError> {
+    // RFC 8259 §8.1: a parser may ignore a byte order mark, which some backends (Java, .NET)
+    // put before their JSON.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let envelope: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(_) if !status.is_success() => return Err((rejected(status, None, None), None)),

@@ -52,6 +52,15 @@ fn a_json_value_that_is_not_an_object_is_invalid() {
 }
 
 #[test]
+fn a_byte_order_mark_before_the_json_is_ignored() {
+    let body = "\u{feff}{\"code\":200,\"data\":{\"token\":{\"access_token\":\"abc\"}}}";
+    assert!(parse_body(200, body).is_ok());
+    // Only at the start, and only once.
+    let (kind, _) = parse_body(200, &format!("\u{feff}{body}")).unwrap_err();
+    assert!(matches!(kind, BesenderErrorKind::NotJson { .. }));
+}
+
+#[test]
 fn expiry_counts_from_when_the_request_was_sent() {
     let sent_at = Instant::now();
     let body = r#"{"code":200,"data":{"token":{"access_token":"abc","expires_in":120}}}"#;
