@@ -5,7 +5,6 @@
 //! a replay cap of zero). From the third acceptance-style review.
 
 use std::{
-    convert::Infallible,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -13,8 +12,11 @@ use std::{
     time::Duration,
 };
 
-use besender_auth::{BesenderAuth, BesenderAuthLayer, ReplayBody, Token};
+mod common;
+
+use besender_auth::{BesenderAuth, BesenderAuthLayer, ReplayBody};
 use bytes::Bytes;
+use common::source::TestSource;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -25,20 +27,12 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tower::{BoxError, ServiceBuilder, ServiceExt, util::BoxCloneService};
 
-/// A layer over a source handing out `token-1`, `token-2`, ...; and its count of fetches.
-fn counting_layer() -> (Arc<AtomicUsize>, BesenderAuthLayer) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let layer = BesenderAuthLayer::new(move || {
-        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            Ok::<_, Infallible>(Token::bearer(
-                format!("token-{n}"),
-                Duration::from_secs(3600),
-            ))
-        }
-    });
-    (calls, layer)
+/// A layer over a source handing out `token-1`, `token-2`, ... at once; and the source, which
+/// counts its fetches.
+fn counting_layer() -> (TestSource, BesenderAuthLayer) {
+    let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+    let layer = BesenderAuthLayer::new(source.source());
+    (source, layer)
 }
 
 #[derive(Clone, Debug)]
@@ -155,7 +149,7 @@ async fn tower_middleware_above_the_layer_boxed() {
         assert_eq!(status, 200);
         assert_eq!(&body[..], b"payload");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.calls(), 2);
     assert!(hits.lock().unwrap().iter().all(|h| h.auth.len() == 1));
 }
 
@@ -216,7 +210,7 @@ async fn tower_retry_above_the_layer() {
             vec!["Bearer token-2".to_owned()]
         ]
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.calls(), 2);
 }
 
 /// tower-http's `Trace` and `SetRequestHeader` above and below the layer: the retry carries
@@ -302,7 +296,7 @@ async fn axum_state_holds_the_client() {
         let body = r.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"200 OK from axum");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.calls(), 2);
 }
 
 fn spawned_calls_on(rt: tokio::runtime::Runtime) {
@@ -321,7 +315,7 @@ fn spawned_calls_on(rt: tokio::runtime::Runtime) {
         for t in tasks {
             assert_eq!(t.await.unwrap(), 200);
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls.calls(), 2);
     });
 }
 
@@ -361,7 +355,7 @@ async fn a_uri_without_a_path_is_retried() {
         let response = client.oneshot(request).await.unwrap();
         assert_eq!(response.status(), 200, "{uri}: the refusal was not retried");
         assert_eq!(hits.lock().unwrap().len(), 2, "{uri}");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls.calls(), 2);
     }
 }
 
