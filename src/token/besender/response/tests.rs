@@ -60,6 +60,26 @@ fn a_byte_order_mark_before_the_json_is_ignored() {
     assert!(matches!(kind, BesenderErrorKind::NotJson { .. }));
 }
 
+/// `1e400` is valid JSON, but no `f64`: the error says a number is too large, not that the
+/// body is not JSON.
+#[test]
+fn a_number_too_large_to_read_is_named_as_such() {
+    let body = r#"{"code":200,"data":{"token":{"access_token":"abc","expires_in":1e400}}}"#;
+    let (kind, source) = parse_body(200, body).unwrap_err();
+    match kind {
+        BesenderErrorKind::InvalidField { field, reason } => {
+            assert_eq!(field, "(response)");
+            assert!(reason.contains("too large"), "{reason}");
+            assert!(reason.contains("column"), "says where: {reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(source.is_some());
+    // Malformed JSON is still not JSON.
+    let (kind, _) = parse_body(200, r#"{"code":200,"#).unwrap_err();
+    assert!(matches!(kind, BesenderErrorKind::NotJson { .. }));
+}
+
 #[test]
 fn expiry_counts_from_when_the_request_was_sent() {
     let sent_at = Instant::now();
