@@ -187,9 +187,14 @@ impl TokenCache {
 
     /// The layer's slow path: like [`get`](Self::get), without awaiting unless a fetch runs.
     pub(crate) fn acquire(&self) -> Acquire {
-        if let Some(lease) = self.try_lease() {
-            return Acquire::Ready(lease);
+        match self.try_lease() {
+            Some(lease) => Acquire::Ready(lease),
+            None => self.acquire_slow(),
         }
+    }
+
+    /// [`acquire`](Self::acquire) once the hot path found no token: the cache decides.
+    fn acquire_slow(&self) -> Acquire {
         match self.shared.lookup() {
             Lookup::Ready(entry) => Acquire::Ready(local::lease_entry(&self.shared, &entry)),
             Lookup::Failed(err) => Acquire::Failed(err),
@@ -214,7 +219,8 @@ impl TokenCache {
         }
         match self.shared.failure_in_force() {
             Some(err) => Acquire::Failed(err),
-            None => self.acquire(),
+            // The hot path was just tried: straight to the cache's decision.
+            None => self.acquire_slow(),
         }
     }
 
