@@ -45,19 +45,18 @@ pub(crate) fn parse(
     let envelope: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(_) if !status.is_success() => return Err((rejected(status, None, None), None)),
-        // Valid JSON, but a number beyond an `f64` (`"expires_in": 1e400`; RFC 8259 §6 lets a
-        // parser limit the range): the body is JSON, so say what is wrong with it instead.
-        Err(err) if err.is_syntax() && err.to_string().starts_with("number out of range") => {
-            let reason = format!("a number is too large to read ({err})");
-            return Err((
-                BesenderErrorKind::InvalidField {
+        Err(err) => {
+            // Valid JSON, but a number beyond an `f64` (`"expires_in": 1e400`; RFC 8259 §6 lets
+            // a parser limit the range): the body is JSON, so say what is wrong with it instead.
+            let text = err.to_string();
+            if err.is_syntax() && text.starts_with("number out of range") {
+                let reason = format!("a number is too large to read ({text})");
+                let kind = BesenderErrorKind::InvalidField {
                     field: "(response)",
                     reason,
-                },
-                Some(err.into()),
-            ));
-        }
-        Err(err) => {
+                };
+                return Err((kind, Some(err.into())));
+            }
             let kind = BesenderErrorKind::NotJson {
                 status,
                 content_type: content_type.map(|ct| echo(ct, secrets)),
