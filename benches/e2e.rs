@@ -4,14 +4,17 @@
 //!
 //! Run with `cargo bench --bench e2e`. 64 requests in flight, each a POST with a 1 KiB body and a
 //! 1.1 KB token (the size of Besender's example token), over HTTP/1.1 and h2c. Loopback
-//! throughput drifts by several percent from second to second on a shared machine, so the runs
+//! throughput drifts by tens of percent from second to second on a shared machine, so the runs
 //! are short and interleaved (A B, B A, ...), the ratio is taken within each pair, and the median
-//! of 21 pairs is reported with the middle half of the pair ratios. `E2E_RETRY=0` measures the
-//! layer with retry off; `E2E_PROTO=h1` or `E2E_PROTO=h2c` runs one protocol; `E2E_PAIRS` and
-//! `E2E_REQUESTS` (per run) change the sample; `E2E_ONLY=baseline` or `E2E_ONLY=layer` runs one
-//! side alone, for a profiler or `strace -c` (both send the same bytes and make the same
-//! syscalls per request). `E2E_AA=1` compares the baseline with an identical second client (the
-//! method's own bias), `E2E_WRAP=1` with one whose body is wrapped in a `ReplayBody`.
+//! of 60 pairs is reported with the middle half of the pair ratios. Each pair builds both clients
+//! afresh, in its own order, and warms them before timing them (see `pairs_row`).
+//!
+//! `E2E_RETRY=0` measures the layer with retry off; `E2E_PROTO=h1` or `E2E_PROTO=h2c` runs one
+//! protocol; `E2E_PAIRS` and `E2E_REQUESTS` (per run) change the sample; `E2E_ONLY=baseline` or
+//! `E2E_ONLY=layer` runs one side alone, for a profiler or `strace -c` (both send the same bytes
+//! and make the same syscalls per request); `E2E_DEBUG=1` prints each run's rate and new
+//! connections. `E2E_AA=1` compares the baseline with an identical client (the method's own
+//! bias, which should be 1.00x), `E2E_WRAP=1` with one whose body is wrapped in a `ReplayBody`.
 
 use std::{
     convert::Infallible,
@@ -37,11 +40,13 @@ use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AddAuthorization;
 
 const IN_FLIGHT: usize = 64;
+/// Connections the server accepted, for `E2E_DEBUG=1`.
+static ACCEPTS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs are short and pairs many: drift between the two halves of a pair is what skews a ratio.
 /// `E2E_REQUESTS` and `E2E_PAIRS` override these.
-const REQUESTS_PER_RUN: u64 = 10_000;
-const PAIRS: usize = 21;
+const REQUESTS_PER_RUN: u64 = 5_000;
+const PAIRS: usize = 60;
 
 fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -54,6 +59,7 @@ fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
 async fn serve(listener: TcpListener) {
     loop {
         let (stream, _) = listener.accept().await.unwrap();
+        ACCEPTS.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
                 let _ = request.into_body().collect().await;
@@ -97,6 +103,7 @@ where
     S::Future: Send,
 {
     let sent = Arc::new(AtomicU64::new(0));
+    let accepts = ACCEPTS.load(Ordering::Relaxed);
     let cpu_start = process_cpu_ns();
     let start = Instant::now();
     let workers: Vec<_> = (0..IN_FLIGHT)
@@ -127,6 +134,14 @@ where
     let cpu = cpu_start
         .zip(process_cpu_ns())
         .map(|(a, b)| b.saturating_sub(a));
+    if std::env::var_os("E2E_DEBUG").is_some() {
+        let connections = ACCEPTS.load(Ordering::Relaxed) - accepts;
+        let rate = requests as f64 / elapsed.as_secs_f64();
+        eprintln!(
+            "{}: {rate:.0} req/s, {connections} new connections",
+            std::any::type_name::<S>()
+        );
+    }
     Run {
         rate: requests as f64 / elapsed.as_secs_f64(),
         cpu_ns: cpu.map(|ns| ns as f64 / requests as f64),
@@ -135,10 +150,15 @@ where
 
 /// Prints a table row: the median ratio of `pairs` interleaved pairs of runs, `ours` over
 /// `baseline`.
+///
+/// Each pair builds both clients afresh (new connection pools), in alternating order, and warms
+/// them before its two timed runs. Clients kept for the whole row showed a bias of their own:
+/// against an identical second client (`E2E_AA=1`), the client built and warmed second measured
+/// 2-4% slower, as large as the effect being judged.
 async fn pairs_row<A, B>(
     label: &str,
-    baseline: A,
-    ours: B,
+    make_baseline: impl Fn() -> A,
+    make_ours: impl Fn() -> B,
     url: &str,
     body: &Bytes,
     requests: u64,
@@ -154,12 +174,25 @@ async fn pairs_row<A, B>(
     let (mut base_rates, mut our_rates, mut ratios) = (vec![], vec![], vec![]);
     let mut cpu_ratios = vec![];
     for pair in 0..pairs {
+        let baseline_first = pair % 2 == 0;
+        let (baseline, ours) = if baseline_first {
+            let baseline = make_baseline();
+            (baseline, make_ours())
+        } else {
+            let ours = make_ours();
+            (make_baseline(), ours)
+        };
         let run_baseline = || throughput(baseline.clone(), url, body.clone(), requests);
         let run_ours = || throughput(ours.clone(), url, body.clone(), requests);
-        let (b, o) = if pair % 2 == 0 {
+        // Warm both pools, then time both, each in this pair's order.
+        let (b, o) = if baseline_first {
+            run_baseline().await;
+            run_ours().await;
             let b = run_baseline().await;
             (b, run_ours().await)
         } else {
+            run_ours().await;
+            run_baseline().await;
             let o = run_ours().await;
             (run_baseline().await, o)
         };
@@ -183,6 +216,17 @@ async fn pairs_row<A, B>(
         quantile(&mut ratios, 0.25),
         quantile(&mut ratios, 0.75),
     );
+}
+
+/// A fresh client, with a pool of its own.
+fn client<B>(h2: bool) -> Client<HttpConnector, B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http()
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -221,25 +265,23 @@ fn main() {
             _ => &[false, true],
         };
         for &h2 in protocols {
-            let plain: Client<HttpConnector, Full<Bytes>> =
-                Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
-            let layered: Client<HttpConnector, ReplayBody<Full<Bytes>>> =
-                Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
-            let baseline = AddAuthorization::bearer(plain, &token).as_sensitive(true);
-            let ours = layer.clone().retry(retry).layer(layered);
-            // Warm both connection pools.
-            throughput(baseline.clone(), &url, body.clone(), requests).await;
-            throughput(ours.clone(), &url, body.clone(), requests).await;
+            let baseline = || AddAuthorization::bearer(client(h2), &token).as_sensitive(true);
+            let ours = || layer.clone().retry(retry).layer(client(h2));
 
-            // E2E_ONLY=baseline or E2E_ONLY=layer: that side alone, for a profiler or strace.
+            // E2E_ONLY=baseline or E2E_ONLY=layer: that side alone, warmed, for a profiler or
+            // strace.
             match std::env::var("E2E_ONLY").as_deref() {
                 Ok("baseline") => {
-                    let rate = throughput(baseline.clone(), &url, body.clone(), requests).await;
+                    let baseline = baseline();
+                    throughput(baseline.clone(), &url, body.clone(), requests).await;
+                    let rate = throughput(baseline, &url, body.clone(), requests).await;
                     println!("baseline alone: {:.0} req/s", rate.rate);
                     continue;
                 }
                 Ok("layer") => {
-                    let rate = throughput(ours.clone(), &url, body.clone(), requests).await;
+                    let ours = ours();
+                    throughput(ours.clone(), &url, body.clone(), requests).await;
+                    let rate = throughput(ours, &url, body.clone(), requests).await;
                     println!("layer alone: {:.0} req/s", rate.rate);
                     continue;
                 }
@@ -247,23 +289,18 @@ fn main() {
             }
             let label = if h2 { "h2c" } else { "HTTP/1.1" };
             // E2E_AA=1: the baseline against a second, identical baseline client, to show the
-            // bias of the method itself (which side runs second, which pool was made last).
-            // E2E_WRAP=1: the baseline against itself with the layer's body type (`ReplayBody`,
-            // passed through), to isolate what the body's change of type costs.
+            // bias of the method itself. E2E_WRAP=1: the baseline against itself with the
+            // layer's body type (`ReplayBody`, passed through), to isolate what the body's
+            // change of type costs.
             if std::env::var_os("E2E_WRAP").is_some() {
-                let wrapped: Client<HttpConnector, ReplayBody<Full<Bytes>>> =
-                    Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
-                let other = tower::ServiceBuilder::new()
-                    .map_request(|r: Request<Full<Bytes>>| r.map(ReplayBody::new))
-                    .service(AddAuthorization::bearer(wrapped, &token).as_sensitive(true));
-                throughput(other.clone(), &url, body.clone(), requests).await;
-                pairs_row(label, baseline, other, &url, &body, requests, pairs).await;
+                let wrapped = || {
+                    tower::ServiceBuilder::new()
+                        .map_request(|r: Request<Full<Bytes>>| r.map(ReplayBody::new))
+                        .service(AddAuthorization::bearer(client(h2), &token).as_sensitive(true))
+                };
+                pairs_row(label, baseline, wrapped, &url, &body, requests, pairs).await;
             } else if std::env::var_os("E2E_AA").is_some() {
-                let plain_too: Client<HttpConnector, Full<Bytes>> =
-                    Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
-                let other = AddAuthorization::bearer(plain_too, &token).as_sensitive(true);
-                throughput(other.clone(), &url, body.clone(), requests).await;
-                pairs_row(label, baseline, other, &url, &body, requests, pairs).await;
+                pairs_row(label, baseline, baseline, &url, &body, requests, pairs).await;
             } else {
                 pairs_row(label, baseline, ours, &url, &body, requests, pairs).await;
             }
