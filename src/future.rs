@@ -12,27 +12,27 @@
 //!                    Retrying ──response──> done (never a second retry)
 //! ```
 
+mod recovery;
+
 use std::{
     fmt,
-    future::{Future, poll_fn},
-    pin::{Pin, pin},
+    future::Future,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
-    time::Duration,
 };
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower_service::Service;
 
+use self::recovery::Recovery;
 use crate::{
     classify::{Classifier, grpc_status},
-    deadline::Deadline,
-    error::{BoxError, Error, TokenError},
+    error::{BoxError, Error},
     layer::Core,
-    replay::{Replay, ReplayBody, Take},
-    token::cache::{Acquire, Lease, LeaseFuture, RefusalCounters, TokenCache},
+    replay::{Replay, ReplayBody},
+    token::cache::{RefusalCounters, TokenCache},
 };
 
 pin_project! {
@@ -107,37 +107,6 @@ pub(crate) struct Retry<S, B> {
     core: Arc<Core<S>>,
 }
 
-/// A refused request on its way to the retry.
-pub(crate) struct Recovery<R, S, B> {
-    retry: Retry<S, B>,
-    /// The refusal (always `Ok`), returned if no retry is possible.
-    refusal: Option<R>,
-    /// A fresh clone of the inner service, made when the retry is about to be sent.
-    service: Option<S>,
-    step: Step<B>,
-}
-
-/// The retry as it will be sent: the request, and the token it carries.
-type RetryRequest<B> = (Request<ReplayBody<B>>, Lease);
-
-/// Where the recovery is.
-// Inside the boxed `Recovery`, made only on the refusal path: the size of its largest variant
-// costs nothing per request.
-#[allow(clippy::large_enum_variant)]
-enum Step<B> {
-    /// Just refused: invalidate the refused token, get a fresh one.
-    Refused,
-    /// Waiting for a fresh token.
-    Token(LeaseFuture),
-    /// Waiting for the first attempt to let go of the body.
-    Body {
-        lease: Lease,
-        wait: Option<Pin<Box<dyn Future<Output = bool> + Send + Sync>>>,
-    },
-    /// Waiting for the fresh clone of the inner service to be ready.
-    Ready(Option<RetryRequest<B>>),
-}
-
 impl<F: Future, S, B> ResponseFuture<F, S, B> {
     pub(crate) fn failed(error: Error) -> Self {
         Self {
@@ -169,170 +138,6 @@ impl<S, B> Retry<S, B> {
             core,
         }
     }
-}
-
-impl<R, S, B> Recovery<R, S, B>
-where
-    S: Service<Request<ReplayBody<B>>> + Clone,
-    S::Error: Into<BoxError>,
-    B: Send + 'static,
-{
-    /// Drives the recovery to a retry whose service is ready, or to `None`: no retry is
-    /// possible, return the original response.
-    fn poll_recover(&mut self, cx: &mut Context<'_>) -> Poll<Option<RetryRequest<B>>> {
-        loop {
-            match &mut self.step {
-                Step::Refused => {
-                    let cache = &self.retry.core.cache;
-                    cache.invalidate_generation(self.retry.refused);
-                    let fresh = match cache.acquire() {
-                        Acquire::Ready(lease) => Ok(lease),
-                        Acquire::Failed(err) => Err(err),
-                        Acquire::Pending(wait) => {
-                            self.step = Step::Token(wait);
-                            continue;
-                        }
-                    };
-                    if !self.got_token(fresh) {
-                        return Poll::Ready(None);
-                    }
-                }
-                Step::Token(wait) => {
-                    let fresh = ready!(wait.as_mut().poll(cx));
-                    if !self.got_token(fresh) {
-                        return Poll::Ready(None);
-                    }
-                }
-                Step::Body { lease, wait } => {
-                    // Past an unsuccessful wait: one last look, then give up.
-                    let may_wait = match wait {
-                        Some(waiting) => {
-                            let released = ready!(waiting.as_mut().poll(cx));
-                            *wait = None;
-                            released
-                        }
-                        None => true,
-                    };
-                    let lease = lease.clone();
-                    match self.retry.replay.take() {
-                        Take::Ready(body) => {
-                            if !self.prepare(lease, body) {
-                                return Poll::Ready(self.no_replay());
-                            }
-                        }
-                        Take::Held if may_wait => {
-                            // The server answered before the first attempt finished sending.
-                            let released = self.retry.replay.released();
-                            let wait = wait_released(released, self.retry.core.replay_wait);
-                            self.step = Step::Body {
-                                lease,
-                                wait: Some(Box::pin(wait)),
-                            };
-                        }
-                        Take::Held | Take::Refused => return Poll::Ready(self.no_replay()),
-                    }
-                }
-                Step::Ready(request) => {
-                    let core = &self.retry.core;
-                    let service = self.service.get_or_insert_with(|| core.fresh_service());
-                    if let Err(err) = ready!(service.poll_ready(cx)) {
-                        // The refusal is a better answer than a readiness error of the clone.
-                        let err: BoxError = err.into();
-                        tracing::debug!(error = %err, "refused request not retried: the inner service is not ready");
-                        return Poll::Ready(self.no_replay());
-                    }
-                    let retry = request.take().expect("polled after completion");
-                    return Poll::Ready(self.still_usable(retry));
-                }
-            }
-        }
-    }
-
-    /// Moves on with a fresh token, if it differs from the refused one. Returns whether the
-    /// retry goes on.
-    fn got_token(&mut self, fresh: Result<Lease, TokenError>) -> bool {
-        match fresh {
-            Ok(lease) if lease.header != self.retry.replay.token() => {
-                self.step = Step::Body { lease, wait: None };
-                return true;
-            }
-            // Rate-limited or the server's choice: a retry would be refused again.
-            Ok(_) => tracing::debug!("refused request not retried: the token is unchanged"),
-            Err(err) => {
-                tracing::debug!(error = %err, "refused request not retried: no fresh token")
-            }
-        }
-        RefusalCounters::bump(&self.retry.core.cache.refusals().no_new_token);
-        false
-    }
-
-    /// The retry with a token that may still be used: the clone may have kept it waiting long
-    /// (a `ConcurrencyLimit` held by slow requests), and a token known to be dead is never
-    /// sent. Takes the cache's token then, or keeps this one while its time is not up; `None`
-    /// (no retry) past it, or if the cache has only the refused token.
-    fn still_usable(&self, (mut request, lease): RetryRequest<B>) -> Option<RetryRequest<B>> {
-        let cache = &self.retry.core.cache;
-        if cache.is_usable(&lease) {
-            return Some((request, lease));
-        }
-        match cache.renew(&lease) {
-            Ok(None) => Some((request, lease)),
-            Ok(Some(fresh)) if fresh.header != self.retry.replay.token() => {
-                let headers = request.headers_mut();
-                headers.insert(http::header::AUTHORIZATION, fresh.header.clone());
-                Some((request, fresh))
-            }
-            Ok(Some(_)) | Err(_) => {
-                tracing::debug!("refused request not retried: its fresh token ran out");
-                RefusalCounters::bump(&cache.refusals().no_new_token);
-                None
-            }
-        }
-    }
-
-    /// Builds the retry with `body` and moves on to making the service ready. Returns false if
-    /// the request head does not rebuild.
-    fn prepare(&mut self, lease: Lease, body: ReplayBody<B>) -> bool {
-        match self.request(lease, body) {
-            Some(retry) => {
-                self.step = Step::Ready(Some(retry));
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Gives up on a refusal whose request cannot be sent again.
-    fn no_replay(&self) -> Option<RetryRequest<B>> {
-        tracing::debug!("refused request not retried: it cannot be sent again");
-        RefusalCounters::bump(&self.retry.core.cache.refusals().refused_replays);
-        None
-    }
-
-    /// The retry: the kept request head with the fresh token, and the replayed body; `None` if
-    /// the head does not rebuild.
-    fn request(&self, lease: Lease, body: ReplayBody<B>) -> Option<RetryRequest<B>> {
-        let mut parts = self.retry.replay.head().to_parts()?;
-        parts
-            .headers
-            .insert(http::header::AUTHORIZATION, lease.header.clone());
-        Some((Request::from_parts(parts, body), lease))
-    }
-}
-
-/// Whether the first attempt let go of the body within `timeout`. On a timer of the runtime
-/// polling the wait (a [`Deadline`]: the response future may be polled on another runtime
-/// later); outside any runtime, no wait.
-async fn wait_released(released: impl Future<Output = ()>, timeout: Duration) -> bool {
-    let mut released = pin!(released);
-    let mut deadline = Deadline::new(Instant::now() + timeout);
-    poll_fn(|cx| {
-        if released.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(true);
-        }
-        deadline.poll_elapsed(cx).map(|_| false)
-    })
-    .await
 }
 
 impl<F, S, B, ResBody> Future for ResponseFuture<F, S, B>
@@ -370,12 +175,7 @@ where
                     tracing::debug!(status = %response.status(), "token refused; refreshing and retrying once");
                     RefusalCounters::bump(&core.cache.refusals().refusals);
                     state.set(State::Recovering {
-                        recovery: Box::new(Recovery {
-                            retry,
-                            refusal: Some(Ok(response)),
-                            service: None,
-                            step: Step::Refused,
-                        }),
+                        recovery: Box::new(Recovery::new(retry, Ok(response))),
                     });
                 }
                 StateProj::Recovering { recovery } => match ready!(recovery.poll_recover(cx)) {
