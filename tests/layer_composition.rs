@@ -16,14 +16,11 @@ mod common;
 
 use besender_auth::{BesenderAuth, BesenderAuthLayer, ReplayBody};
 use bytes::Bytes;
-use common::source::TestSource;
+use common::{Frames, source::TestSource};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
-};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use tokio::net::TcpListener;
 use tower::{BoxError, ServiceBuilder, ServiceExt, util::BoxCloneService};
 
@@ -55,59 +52,39 @@ async fn api_refusing(refused: &'static str) -> (String, Arc<Mutex<Vec<Hit>>>) {
     let hits = Arc::new(Mutex::new(Vec::new()));
     let log = hits.clone();
     let flaky = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (log, flaky) = (log.clone(), flaky.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (log, flaky) = (log.clone(), flaky.clone());
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await?.to_bytes();
-                        let auth: Vec<String> = parts
-                            .headers
-                            .get_all("authorization")
-                            .iter()
-                            .map(|v| v.to_str().unwrap().to_owned())
-                            .collect();
-                        log.lock().unwrap().push(Hit {
-                            auth: auth.clone(),
-                            headers: parts.headers.clone(),
-                            body: body.clone(),
-                        });
-                        if auth.iter().any(|a| *a == format!("Bearer {refused}")) {
-                            return Ok::<_, hyper::Error>(
-                                Response::builder()
-                                    .status(401)
-                                    .header("www-authenticate", "Bearer error=\"invalid_token\"")
-                                    .body(Full::new(Bytes::new()))
-                                    .unwrap(),
-                            );
-                        }
-                        if parts.uri.path() == "/flaky" && flaky.fetch_add(1, Ordering::SeqCst) == 0
-                        {
-                            return Ok(Response::builder()
-                                .status(503)
-                                .body(Full::new(Bytes::new()))
-                                .unwrap());
-                        }
-                        Ok(Response::new(Full::new(body)))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    common::serve(listener, move |parts, body| {
+        let auth: Vec<String> = parts
+            .headers
+            .get_all("authorization")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        log.lock().unwrap().push(Hit {
+            auth: auth.clone(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+        let response = if auth.iter().any(|a| *a == format!("Bearer {refused}")) {
+            Response::builder()
+                .status(401)
+                .header("www-authenticate", "Bearer error=\"invalid_token\"")
+                .body(Frames::exact(Bytes::new()))
+                .unwrap()
+        } else if parts.uri.path() == "/flaky" && flaky.fetch_add(1, Ordering::SeqCst) == 0 {
+            Response::builder()
+                .status(503)
+                .body(Frames::exact(Bytes::new()))
+                .unwrap()
+        } else {
+            Response::new(Frames::exact(body))
+        };
+        std::future::ready(response)
     });
     (format!("http://{addr}"), hits)
 }
 
 fn client() -> Client<HttpConnector, ReplayBody<Full<Bytes>>> {
-    Client::builder(TokioExecutor::new()).build_http()
+    common::hyper_client(false)
 }
 
 fn post(url: &str, body: &'static str) -> Request<Full<Bytes>> {
@@ -286,8 +263,7 @@ async fn axum_state_holds_the_client() {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let plain: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let plain: Client<HttpConnector, Full<Bytes>> = common::hyper_client(false);
     for _ in 0..5 {
         let r = plain
             .get(format!("http://{addr}/").parse().unwrap())
@@ -379,14 +355,14 @@ async fn a_zero_replay_cap_still_retries_bodiless_requests() {
 async fn bodies_whose_data_is_not_bytes_are_replayed() {
     let (base, hits) = api().await;
     let (_calls, layer) = counting_layer();
-    let client = tower::Layer::layer(&layer, Client::builder(TokioExecutor::new()).build_http());
+    let client = tower::Layer::layer(&layer, common::hyper_client(false));
     let request = Request::post(format!("{base}/s"))
         .body(Full::new(&b"static slice"[..]))
         .unwrap();
     assert_eq!(client.oneshot(request).await.unwrap().status(), 200);
     // Refused again, with a body of another data type, after the next revocation.
     let (base, cursor_hits) = api_refusing("token-2").await;
-    let client = tower::Layer::layer(&layer, Client::builder(TokioExecutor::new()).build_http());
+    let client = tower::Layer::layer(&layer, common::hyper_client(false));
     let request = Request::post(format!("{base}/c"))
         .body(Full::new(std::io::Cursor::new(b"cursor body".to_vec())))
         .unwrap();

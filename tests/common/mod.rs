@@ -146,7 +146,7 @@ impl Drop for ScriptedServer {
 
 /// Serves HTTP/1.1 and h2c on `listener`: each request's body is read in full, then `handle`
 /// answers it.
-fn serve<F, Fut>(listener: TcpListener, handle: F) -> JoinHandle<()>
+pub fn serve<F, Fut>(listener: TcpListener, handle: F) -> JoinHandle<()>
 where
     F: Fn(http::request::Parts, Bytes) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Frames>> + Send + 'static,
