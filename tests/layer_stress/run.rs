@@ -303,10 +303,15 @@ pub async fn wait_until(bound: Duration, tick: Duration, mut done: impl FnMut() 
 }
 
 pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(text) => *text,
-        Err(payload) => payload
-            .downcast_ref::<&str>()
-            .map_or_else(|| "a panic without a message".into(), |s| (*s).to_owned()),
-    }
+    panic_text(&*payload)
+        .unwrap_or("a panic without a message")
+        .to_owned()
+}
+
+/// The text a panic was raised with (`panic!` makes a `String` or a `&'static str`), if any.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
 }

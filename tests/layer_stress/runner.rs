@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    run::{panic_message, play},
+    run::{panic_message, panic_text, play},
     scenario::{Mode, Scenario},
     tokens::DELIBERATE_PANIC,
 };
@@ -135,12 +135,7 @@ fn quiet_deliberate_panics() {
     ONCE.call_once(|| {
         let report = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let text = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied());
-            if !text.is_some_and(|t| t.contains(DELIBERATE_PANIC)) {
+            if !panic_text(info.payload()).is_some_and(|t| t.contains(DELIBERATE_PANIC)) {
                 report(info);
             }
         }));
