@@ -163,8 +163,8 @@ async fn expires_in_as_a_numeric_string_is_accepted() {
 }
 
 #[tokio::test]
-async fn bearer_is_matched_case_insensitively_padded_or_empty_and_message_may_be_absent() {
-    for token_type in ["bearer", "BEARER", "Bearer", " Bearer ", ""] {
+async fn bearer_is_matched_case_insensitively_or_padded_and_message_may_be_absent() {
+    for token_type in ["bearer", "BEARER", "Bearer", " Bearer "] {
         let body = format!(
             r#"{{"code":200,"data":{{"token":{{"token_type":"{token_type}","expires_in":60,"access_token":"{TOKEN}"}}}}}}"#
         );
@@ -206,6 +206,21 @@ async fn a_code_other_than_200_is_a_refusal_even_under_http_200() {
         assert!(text.contains(part), "{text:?} lacks {part:?}");
     }
     assert!(!err.is_transient());
+}
+
+/// The message reaches the error's text as the server wrote it: quotes, backslashes and
+/// Chinese included (only control characters are blanked, so it cannot forge log lines).
+#[tokio::test]
+async fn the_message_is_quoted_as_sent() {
+    let message = r#"client_secret "c:\x" 错误"#;
+    let body = serde_json::json!({"code": 401, "message": format!("{message}\nforged line")});
+    let err = error_from(Reply::json(200, body.to_string())).await;
+    let text = err.to_string();
+    assert!(text.contains(message), "{text}");
+    assert!(
+        text.contains(r#"message "client_secret "c:\x" 错误 forged line""#),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -171,6 +171,23 @@ async fn missing_parts_of_the_envelope_are_named() {
             format!(r#"{{"data":{{"token":{{{}}}}}}}"#, good_token_fields()),
             "code",
         ),
+        // RFC 6749 §5.1: `token_type` is required, and a client must not guess it (§7.1).
+        (
+            ok_body(&format!(r#""expires_in":60,"access_token":"{TOKEN}""#)),
+            "data.token.token_type",
+        ),
+        (
+            ok_body(&format!(
+                r#""token_type":null,"expires_in":60,"access_token":"{TOKEN}""#
+            )),
+            "data.token.token_type",
+        ),
+        (
+            ok_body(&format!(
+                r#""token_type":" ","expires_in":60,"access_token":"{TOKEN}""#
+            )),
+            "data.token.token_type",
+        ),
     ];
     for (body, field) in cases {
         let err = error_from(Reply::json(200, body)).await;

@@ -185,7 +185,9 @@ impl fmt::Display for BesenderError {
                     write!(f, ", code {code}")?;
                 }
                 if let Some(message) = message {
-                    write!(f, ", message {message:?}")?;
+                    // As sent (control characters are blanked when it is read): `{:?}` would escape
+                    // its quotes and backslashes, and the message would no longer be found in it.
+                    write!(f, ", message \"{message}\"")?;
                 }
                 Ok(())
             }

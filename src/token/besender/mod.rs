@@ -3,7 +3,8 @@
 //! Request: JSON `{"client_id": 19, "client_secret": "..."}`, with `client_id` sent exactly as
 //! configured (a number stays a number, a string stays a string). Answer: the envelope
 //! `{code, message, data: {token: {token_type, expires_in, access_token}, userInfo}}`, where a
-//! `code` other than 200 is a refusal even under HTTP 200 and an absent `expires_in` means 24 h.
+//! `code` other than 200 is a refusal even under HTTP 200, `token_type` must be present and
+//! `Bearer` (in any case), and an absent `expires_in` means 24 h.
 //!
 //! The call is hardened because it carries the client secret: it follows no redirect, times out
 //! (10 s by default), reads at most 64 KiB of response, and refuses plain `http://` except to

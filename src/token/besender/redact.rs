@@ -74,11 +74,12 @@ impl Redactions {
     }
 
     /// These secrets and `token`, an access token in the answer whose text is about to be quoted
-    /// (a server may quote it in its message, or send the header value as the token type);
-    /// unless it is too short to be one, as for credential headers.
+    /// (a server may quote it in its message, or send the header value as the token type).
+    /// Hidden however short, as the client secret is: unlike a header value it is known to be
+    /// a credential, and the cost of hiding a short one is only a less readable message.
     pub(crate) fn and_token(&self, token: &str) -> Self {
         let mut secrets = self.secrets.clone();
-        if token.len() >= MIN_HEADER_SECRET {
+        if !token.is_empty() {
             secrets.push(token.as_bytes().to_vec());
         }
         Self::from_secrets(secrets)

@@ -119,11 +119,14 @@ pub(crate) fn parse(
         .map_err(|why| invalid("data.token.access_token", why.reason()))?;
 
     match token.get("token_type") {
-        // Besender only issues bearer tokens; an absent (or empty) type means Bearer.
-        None | Some(Value::Null) => {}
-        // Padding and an empty type are sloppiness, not another scheme.
-        Some(Value::String(t))
-            if t.trim().is_empty() || t.trim().eq_ignore_ascii_case("bearer") => {}
+        // Required (RFC 6749 §5.1, and the document's response table), and a client must not
+        // use a token whose type it does not know (§7.1): an absent or empty type is not Bearer.
+        None | Some(Value::Null) => return Err(missing("data.token.token_type")),
+        Some(Value::String(t)) if t.trim().is_empty() => {
+            return Err(missing("data.token.token_type"));
+        }
+        // Matched case-insensitively (RFC 6749 §5.1); padding is sloppiness, not another scheme.
+        Some(Value::String(t)) if t.trim().eq_ignore_ascii_case("bearer") => {}
         Some(Value::String(t)) => {
             return Err((
                 BesenderErrorKind::UnsupportedTokenType {

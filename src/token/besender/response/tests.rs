@@ -18,7 +18,7 @@ fn parse_body(status: u16, body: &str) -> Result<Token, ParseError> {
 
 #[test]
 fn code_may_be_a_numeric_string() {
-    let body = r#"{"code":"200","data":{"token":{"access_token":"abc"}}}"#;
+    let body = r#"{"code":"200","data":{"token":{"token_type":"Bearer","access_token":"abc"}}}"#;
     assert!(parse_body(200, body).is_ok());
     let body = r#"{"code":"401","message":"no"}"#;
     let (kind, _) = parse_body(200, body).unwrap_err();
@@ -53,7 +53,7 @@ fn a_json_value_that_is_not_an_object_is_invalid() {
 
 #[test]
 fn a_byte_order_mark_before_the_json_is_ignored() {
-    let body = "\u{feff}{\"code\":200,\"data\":{\"token\":{\"access_token\":\"abc\"}}}";
+    let body = "\u{feff}{\"code\":200,\"data\":{\"token\":{\"token_type\":\"Bearer\",\"access_token\":\"abc\"}}}";
     assert!(parse_body(200, body).is_ok());
     // Only at the start, and only once.
     let (kind, _) = parse_body(200, &format!("\u{feff}{body}")).unwrap_err();
@@ -64,7 +64,7 @@ fn a_byte_order_mark_before_the_json_is_ignored() {
 /// body is not JSON.
 #[test]
 fn a_number_too_large_to_read_is_named_as_such() {
-    let body = r#"{"code":200,"data":{"token":{"access_token":"abc","expires_in":1e400}}}"#;
+    let body = r#"{"code":200,"data":{"token":{"token_type":"Bearer","access_token":"abc","expires_in":1e400}}}"#;
     let (kind, source) = parse_body(200, body).unwrap_err();
     match kind {
         BesenderErrorKind::InvalidField { field, reason } => {
@@ -83,7 +83,7 @@ fn a_number_too_large_to_read_is_named_as_such() {
 #[test]
 fn expiry_counts_from_when_the_request_was_sent() {
     let sent_at = Instant::now();
-    let body = r#"{"code":200,"data":{"token":{"access_token":"abc","expires_in":120}}}"#;
+    let body = r#"{"code":200,"data":{"token":{"token_type":"Bearer","access_token":"abc","expires_in":120}}}"#;
     let token = parse(StatusCode::OK, None, body.as_bytes(), sent_at, &secrets()).unwrap();
     assert_eq!(token.expires_at(), sent_at + Duration::from_secs(120));
 }
@@ -102,7 +102,9 @@ fn echoed_text_is_scrubbed_of_the_secret_control_characters_and_length() {
 fn the_longest_accepted_lifetime_is_one_year() {
     let year = MAX_TOKEN_LIFETIME.as_secs();
     let body = |secs: u64| {
-        format!(r#"{{"code":200,"data":{{"token":{{"access_token":"abc","expires_in":{secs}}}}}}}"#)
+        format!(
+            r#"{{"code":200,"data":{{"token":{{"token_type":"Bearer","access_token":"abc","expires_in":{secs}}}}}}}"#
+        )
     };
     assert!(parse_body(200, &body(year)).is_ok());
     assert!(parse_body(200, &body(year + 1)).is_err());
@@ -111,7 +113,9 @@ fn the_longest_accepted_lifetime_is_one_year() {
 #[test]
 fn a_decimal_expires_in_counts_its_whole_seconds() {
     let body = |secs: &str| {
-        format!(r#"{{"code":200,"data":{{"token":{{"access_token":"abc","expires_in":{secs}}}}}}}"#)
+        format!(
+            r#"{{"code":200,"data":{{"token":{{"token_type":"Bearer","access_token":"abc","expires_in":{secs}}}}}}}"#
+        )
     };
     let sent_at = Instant::now();
     let lifetime = |secs: &str| {
