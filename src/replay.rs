@@ -121,6 +121,8 @@ struct BodyState<B> {
     over_cap: bool,
     /// The caller's body failed: replay is impossible.
     failed: bool,
+    /// The first attempt's client polled the body: it framed the request as having one.
+    first_polled: bool,
 }
 
 /// The retry's handle on a replayable request: its head and its body.
@@ -211,6 +213,7 @@ impl<B: Body> ReplayBody<B> {
                 rest: (!empty).then_some(body),
                 over_cap: false,
                 failed: false,
+                first_polled: false,
             }),
             in_use: AtomicBool::new(!empty),
             gave_up: AtomicBool::new(false),

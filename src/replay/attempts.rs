@@ -94,6 +94,7 @@ where
         let (shared, keeping) = (&self.shared, &mut self.keeping);
         let mut state = shared.lock();
         let state = &mut *state;
+        state.first_polled = true;
         loop {
             let Some(body) = state.rest.as_mut() else {
                 return Poll::Ready(None);
@@ -201,6 +202,10 @@ where
 {
     pub(super) fn is_end_stream(&self) -> bool {
         let state = self.shared.lock();
+        if !self.polled && state.first_polled {
+            // The first attempt went out with a body (its client polled it): so does the retry.
+            return false;
+        }
         state.rest.as_ref().is_none_or(Body::is_end_stream)
             && self.sent_frames >= state.kept.frames()
             && (self.sent_trailers || state.trailers.is_none())

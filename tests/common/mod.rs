@@ -207,11 +207,14 @@ async fn respond(reply: Reply) -> Response<Frames> {
 /// A body of ready frames, handed out in order, that reports its end once every frame (trailers
 /// included) was read. An `exact` body declares its size (the data still to come), so hyper
 /// sends a `Content-Length`; otherwise its size is unknown and hyper streams it (chunked over
-/// HTTP/1.1), as a caller's streaming body would be. A `never_ending` body has no end.
+/// HTTP/1.1), as a caller's streaming body would be. A `never_ending` body has no end; an
+/// `end_unannounced` one reports its end only once polled past it.
 pub struct Frames {
     frames: VecDeque<Frame<Bytes>>,
     exact: bool,
     endless: bool,
+    /// Reports its end only once polled past it (`Some(polled past it)`).
+    unannounced: Option<bool>,
 }
 
 impl Frames {
@@ -221,6 +224,7 @@ impl Frames {
             frames: VecDeque::from([Frame::data(body)]),
             exact: true,
             endless: false,
+            unannounced: None,
         }
     }
 
@@ -232,6 +236,7 @@ impl Frames {
             frames,
             exact: false,
             endless: false,
+            unannounced: None,
         }
     }
 
@@ -239,6 +244,13 @@ impl Frames {
     pub fn never_ending(mut self) -> Self {
         self.exact = false;
         self.endless = true;
+        self
+    }
+
+    /// These frames, reporting the end only once polled past it, as a proxied chunked upload
+    /// or a channel does: a body that is empty from the start still looks like a body.
+    pub fn end_unannounced(mut self) -> Self {
+        self.unannounced = Some(false);
         self
     }
 
@@ -261,7 +273,12 @@ impl Body for Frames {
             Some(frame) => Poll::Ready(Some(Ok(frame))),
             // Never woken: nothing more will come.
             None if self.endless => Poll::Pending,
-            None => Poll::Ready(None),
+            None => {
+                if let Some(polled_past_the_end) = &mut self.unannounced {
+                    *polled_past_the_end = true;
+                }
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -274,7 +291,7 @@ impl Body for Frames {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && !self.endless
+        self.frames.is_empty() && !self.endless && self.unannounced != Some(false)
     }
 }
 
