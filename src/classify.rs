@@ -3,9 +3,10 @@
 //!
 //! [`DefaultClassifier`] follows HTTP and RFC 6750:
 //! - HTTP 401 is a refusal, unless a `Bearer` challenge in `WWW-Authenticate` says
-//!   `error="insufficient_scope"` or `error="invalid_request"` (a new token cannot fix those),
-//!   or `WWW-Authenticate` offers only other schemes, such as `Basic` (the resource does not
-//!   take a bearer token at all). A 401 with no challenge is a refusal.
+//!   `error="insufficient_scope"` or `error="invalid_request"` (RFC 6750 §3.1: a new token
+//!   cannot fix those). A 401 with no challenge, or with challenges of other schemes only, is a
+//!   refusal: the token it was sent with is evicted, so that a revoked token is never sent on
+//!   for the rest of its lifetime. The `error` of another scheme's challenge does not count.
 //! - `grpc-status: 16` (`UNAUTHENTICATED`) in the response headers is a refusal: gRPC reports
 //!   auth failures as HTTP 200 with a trailers-only response. Every other gRPC status, `7`
 //!   (`PERMISSION_DENIED`) included, is not. A response that carries `grpc-status` is judged by
@@ -73,30 +74,25 @@ pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<&[u8]> {
         .map(|status| status.as_bytes().trim_ascii())
 }
 
-/// Whether a 401 may be fixed by a new token: not if `WWW-Authenticate` offers only other
-/// schemes (RFC 9110 §11.6.1: the challenges say what the resource accepts; a `Basic` realm
-/// takes no bearer token, and evicting a good one would refresh it for every caller), nor if a
-/// `Bearer` challenge says `insufficient_scope` or `invalid_request` (RFC 6750 §3.1). A 401
-/// with no challenge at all is a refusal: servers that check bearer tokens often send none.
+/// Whether a 401 may be fixed by a new token: not if a `Bearer` challenge says
+/// `insufficient_scope` or `invalid_request` (RFC 6750 §3.1), unless another says
+/// `invalid_token`. Any other 401 is a refusal, as DESIGN.md decision 8 has it: servers that
+/// check bearer tokens often send no challenge, or one of their own scheme (`Token`, `OAuth`),
+/// and a 401 that is not a refusal leaves the token it refused cached and sent on until it
+/// expires.
 #[cold]
 fn unauthorized_is_refusal(headers: &HeaderMap) -> bool {
-    let (mut challenged, mut bearer, mut hopeless) = (false, false, false);
+    let mut hopeless = false;
     for value in headers.get_all(WWW_AUTHENTICATE) {
         // Lossy: a realm with obs-text must not hide the challenge it belongs to.
         let value = String::from_utf8_lossy(value.as_bytes());
-        let found = challenges(&value);
-        challenged |= found.schemes > 0;
-        bearer |= found.bearer;
-        for error in found.bearer_errors {
+        for error in bearer_errors(&value) {
             if error.eq_ignore_ascii_case("invalid_token") {
                 return true;
             }
             hopeless |= error.eq_ignore_ascii_case("insufficient_scope")
                 || error.eq_ignore_ascii_case("invalid_request");
         }
-    }
-    if challenged && !bearer {
-        return false;
     }
     !hopeless
 }
@@ -119,21 +115,10 @@ impl Classifier {
     }
 }
 
-/// What one `WWW-Authenticate` value offers.
-#[derive(Debug, Default)]
-struct Challenges {
-    /// Challenges (auth schemes) in the value.
-    schemes: usize,
-    /// One of them is `Bearer`.
-    bearer: bool,
-    /// The `error` parameters of the `Bearer` challenges.
-    bearer_errors: Vec<String>,
-}
-
-/// The challenges in one `WWW-Authenticate` value (RFC 9110 §11.6.1 challenge syntax, RFC 6750
-/// §3 parameters).
-fn challenges(value: &str) -> Challenges {
-    let mut found = Challenges::default();
+/// The `error` parameters of the `Bearer` challenges in one `WWW-Authenticate` value (RFC 9110
+/// §11.6.1 challenge syntax, RFC 6750 §3 parameters).
+fn bearer_errors(value: &str) -> Vec<String> {
+    let mut found = Vec::new();
     let mut parser = Parser { rest: value };
     let mut in_bearer = false;
     loop {
@@ -150,14 +135,12 @@ fn challenges(value: &str) -> Challenges {
             parser.skip(|c| c == ' ' || c == '\t');
             let value = parser.param_value();
             if in_bearer && token.eq_ignore_ascii_case("error") {
-                found.bearer_errors.push(value);
+                found.push(value);
             }
         } else if token.bytes().all(is_tchar) {
-            // A scheme name (or an unpadded token68, counted as another scheme: harmless, as
+            // A scheme name (or an unpadded token68, taken for another scheme: harmless, as
             // only `Bearer` is looked for).
             in_bearer = token.eq_ignore_ascii_case("bearer");
-            found.schemes += 1;
-            found.bearer |= in_bearer;
         }
     }
     found
@@ -166,12 +149,6 @@ fn challenges(value: &str) -> Challenges {
 /// RFC 9110 `tchar`: what a scheme name is made of.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// The `error` parameters of the `Bearer` challenges in one `WWW-Authenticate` value.
-#[cfg(test)]
-fn bearer_errors(value: &str) -> Vec<String> {
-    challenges(value).bearer_errors
 }
 
 struct Parser<'a> {

@@ -22,27 +22,32 @@ use http::StatusCode;
 use tokio::time::timeout;
 use tower::{Service, ServiceExt};
 
-/// RFC 9110 §11.6.1: a 401 whose challenges are all of another scheme says what the resource
-/// accepts, and a bearer token is not it: the response passes through, the token stays cached,
-/// and nothing is fetched or sent again.
+/// DESIGN.md decision 8: a 401 is a refusal unless a Bearer challenge says
+/// `insufficient_scope` or `invalid_request`, whatever other schemes it offers (a server that
+/// checks bearer tokens may name its own, as Django REST framework's `Token` does). Were such
+/// a 401 not a refusal, the revoked token would stay cached and be sent on until it expired.
 #[tokio::test]
-async fn a_401_that_offers_only_basic_is_not_a_refusal_of_the_token() {
-    let server = ScriptedServer::start(
-        Reply::json(401, "{}").header("www-authenticate", r#"Basic realm="api""#),
-    )
-    .await;
-    let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
-    let layer = BesenderAuthLayer::new(source.source());
-    let service = layer.layer_service(hyper_client(false));
-    for _ in 0..3 {
+async fn a_401_that_offers_only_other_schemes_is_a_refusal_of_the_token() {
+    for challenge in [r#"Basic realm="api""#, r#"Token realm="api""#] {
+        let server =
+            ScriptedServer::start(Reply::json(401, "{}").header("www-authenticate", challenge))
+                .await;
+        let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+        let layer = BesenderAuthLayer::new(source.source());
+        let service = layer.layer_service(hyper_client(false));
         let response = send(&service, post(&server.url(), full_body("{}")))
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{challenge}");
+        assert_eq!(server.requests().len(), 2, "{challenge}: retried once");
+        assert_eq!(
+            source.calls(),
+            2,
+            "{challenge}: the refused token was evicted"
+        );
+        let stats = layer.stats();
+        assert_eq!((stats.refusals, stats.retries), (2, 1), "{challenge}");
     }
-    assert_eq!(server.requests().len(), 3, "never retried");
-    assert_eq!(source.calls(), 1, "the token was not evicted");
-    assert_eq!(layer.stats().refusals, 0);
 }
 
 /// What a 401's challenges say, read as RFC 9110 §11.6.1 writes them: one `WWW-Authenticate`
@@ -50,7 +55,7 @@ async fn a_401_that_offers_only_basic_is_not_a_refusal_of_the_token() {
 /// `token BWS "=" BWS ( token / quoted-string )` (§11.2), and a quoted string may hold commas,
 /// `=` and escaped quotes; a scheme may carry a token68 (`=` padding included) instead of
 /// parameters. A `Bearer` challenge saying `insufficient_scope` (RFC 6750 §3.1) is no reason
-/// for a new token, nor are challenges of other schemes only; anything else is a refusal. The
+/// for a new token; anything else is a refusal. The
 /// rows the classifier's own tests (src/classify/tests.rs) do not decide, through the layer:
 /// a refusal is retried once with a fresh token; otherwise the 401 is returned, not retried,
 /// and the token stays cached.
@@ -59,14 +64,23 @@ async fn www_authenticate_is_read_as_rfc_9110_writes_challenges() {
     let table: &[(&[&str], bool)] = &[
         // §11.1, §11.2: scheme and parameter names are case-insensitive.
         (&[r#"BEARER Error="insufficient_scope""#], false),
-        // Other schemes only, one per value.
+        // Other schemes only, one per value: a refusal (DESIGN.md decision 8).
         (
             &[r#"Basic realm="x""#, r#"Digest realm="y", nonce="z""#],
-            false,
+            true,
         ),
-        // §11.6.1's own example: escaped quotes inside a quoted string, then another challenge.
+        // §11.6.1's own example: escaped quotes inside a quoted string, then another challenge
+        // (whose `error` is not Bearer's).
         (
-            &[r#"Newauth realm="apps", type=1, title="Login to \"apps\"", Basic realm="simple""#],
+            &[
+                r#"Newauth realm="apps", type=1, title="Login to \"apps\", error=insufficient_scope", Basic realm="simple", error="insufficient_scope""#,
+            ],
+            true,
+        ),
+        (
+            &[
+                r#"Newauth realm="apps", title="Login to \"apps\"", Bearer error="insufficient_scope""#,
+            ],
             false,
         ),
         // Whitespace around `=`.

@@ -68,14 +68,19 @@ fn an_error_of_another_scheme_does_not_count() {
 }
 
 #[test]
-fn a_401_that_offers_only_other_schemes_is_not_a_refusal() {
+fn a_401_that_offers_only_other_schemes_is_a_refusal() {
+    // DESIGN.md decision 8: only a Bearer challenge's `insufficient_scope` or `invalid_request`
+    // says a new token cannot help. A server checking bearer tokens may name its own scheme,
+    // and a 401 that is not a refusal would leave the refused token cached until it expires.
     for challenge in [
         r#"Basic realm="api""#,
         r#"Digest realm="api", nonce="abc", qop="auth""#,
         "Negotiate",
+        r#"Token realm="api""#,
+        r#"Basic realm="api", error="insufficient_scope""#,
     ] {
         assert!(
-            !refusal(401, &[("www-authenticate", challenge)]),
+            refusal(401, &[("www-authenticate", challenge)]),
             "{challenge}"
         );
     }
@@ -105,16 +110,14 @@ fn a_401_that_offers_only_other_schemes_is_not_a_refusal() {
 
 #[test]
 fn a_bearer_challenge_with_obs_text_still_counts() {
+    // Obs-text in another challenge of the same value does not hide the Bearer one after it.
     let mut map = HeaderMap::new();
     map.append(
         WWW_AUTHENTICATE,
-        HeaderValue::from_static(r#"Basic realm="x""#),
+        HeaderValue::from_bytes(b"Basic realm=\"B\xfccher\", Bearer error=\"insufficient_scope\"")
+            .unwrap(),
     );
-    map.append(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_bytes(b"Bearer realm=\"B\xfccher\"").unwrap(),
-    );
-    assert!(DefaultClassifier.is_refusal(StatusCode::UNAUTHORIZED, &map));
+    assert!(!DefaultClassifier.is_refusal(StatusCode::UNAUTHORIZED, &map));
     let mut map = HeaderMap::new();
     map.append(
         WWW_AUTHENTICATE,

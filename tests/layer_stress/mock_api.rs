@@ -44,7 +44,8 @@ pub enum Verdict {
     Refuse,
     /// `insufficient_scope`, gRPC `PERMISSION_DENIED`: no new token helps.
     Deny,
-    /// A 401 that offers only `Basic`: no bearer token helps.
+    /// Refuses it anyway, with a 401 that offers only `Basic`: a refusal all the same
+    /// (DESIGN.md decision 8).
     BasicOnly,
     Forbidden,
     Unavailable,
@@ -82,6 +83,8 @@ pub enum Refusal {
     InvalidToken,
     NoChallenge,
     BearerRealm,
+    /// A 401 whose challenges are of other schemes only.
+    OtherScheme,
     GrpcUnauthenticated,
 }
 
@@ -92,7 +95,6 @@ pub enum Outcome {
     Ok,
     Refused(Refusal),
     InsufficientScope,
-    BasicOnly,
     Forbidden,
     Unavailable,
     GrpcPermissionDenied,
@@ -113,7 +115,7 @@ impl Outcome {
             (Verdict::Unavailable, true) => Outcome::GrpcUnavailable,
             (_, true) => Outcome::GrpcPermissionDenied,
             (Verdict::Deny, false) => Outcome::InsufficientScope,
-            (Verdict::BasicOnly, false) => Outcome::BasicOnly,
+            (Verdict::BasicOnly, false) => Outcome::Refused(Refusal::OtherScheme),
             (Verdict::Forbidden, false) => Outcome::Forbidden,
             (Verdict::Unavailable, false) => Outcome::Unavailable,
         }
@@ -135,7 +137,9 @@ impl Outcome {
                 401,
                 &[("www-authenticate", r#"Bearer error="insufficient_scope""#)],
             ),
-            Outcome::BasicOnly => (401, &[("www-authenticate", r#"Basic realm="stress""#)]),
+            Outcome::Refused(Refusal::OtherScheme) => {
+                (401, &[("www-authenticate", r#"Basic realm="stress""#)])
+            }
             Outcome::Forbidden => (403, &[]),
             Outcome::Unavailable => (503, &[]),
             Outcome::GrpcPermissionDenied => (200, &[("grpc-status", "7")]),
