@@ -259,8 +259,9 @@ async fn a_fetch_first_polled_late_ends_by_the_deadline_set_when_it_started() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_fetch_first_polled_past_both_deadlines_never_calls_its_source() {
-    // The clock jumps past the fetch timeout (10 s) and the waiters' fallback (11 s) at once.
+async fn a_fetch_first_polled_past_both_deadlines_never_runs_alongside_the_next() {
+    // The clock jumps past the fetch timeout (10 s) and the waiters' fallback (11 s) at once:
+    // the late task polls its source once (still the cache's fetch), then gives up.
     a_fetch_that_runs_late_is_never_run_alongside_the_next(Duration::from_secs(12)).await;
 }
 
@@ -280,4 +281,59 @@ async fn refresh_ahead_runs_at_its_time_without_a_reader() {
     let fresh = cache.get().await.unwrap();
     assert!(!fresh.same_token(&first));
     assert_eq!(source.calls(), 2);
+}
+
+/// A refresh ahead started by a reader whose task first runs after the paused clock was
+/// advanced past its fetch timeout (a test stepping the clock by the hour): the source is
+/// still called, and its token served, not a timeout that never called the source.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_whose_task_first_runs_after_a_clock_jump_still_calls_its_source() {
+    let source = TestSource::new(Duration::from_secs(100), Duration::ZERO);
+    let cache = TokenCache::builder(source.source())
+        .refresh_jitter(0.0)
+        .build();
+    let first = cache.get().await.unwrap();
+    advance(Duration::from_secs(60)).await; // the refresh was due at 50 s
+    assert!(cache.get().await.unwrap().same_token(&first)); // starts it
+    advance(Duration::from_secs(40)).await; // past the first token's expiry
+    let fresh = cache
+        .get()
+        .await
+        .expect("the refresh's token, not a timeout");
+    assert!(!fresh.same_token(&first));
+    assert_eq!(source.calls(), 2);
+    assert_eq!(cache.stats().failed_fetches, 0);
+}
+
+/// The clock jumps past the fetch timeout while the source is about to answer: its answer
+/// counts, for a caller waiting in the same task as the jump too.
+#[tokio::test(start_paused = true)]
+async fn a_clock_jump_during_a_fetch_keeps_its_answer() {
+    let source = TestSource::new(DAY, Duration::from_secs(2));
+    let cache = TokenCache::new(source.source());
+    let (token, ()) = tokio::join!(cache.get(), async {
+        settle().await;
+        advance(Duration::from_secs(600)).await;
+    });
+    assert!(!token.expect("the source answered").is_expired());
+    assert_eq!(source.calls(), 1);
+}
+
+/// A test stepping the paused clock by the hour, for three days: each refresh ahead is started
+/// by a read and its task first runs after the next step, past its fetch timeout. It still
+/// calls its source, so no read fails and no refresh counts as failed (each did, before).
+#[tokio::test(start_paused = true)]
+async fn hourly_reads_on_a_stepped_clock_never_fail() {
+    let source = TestSource::new(DAY, Duration::ZERO);
+    let cache = TokenCache::new(source.source());
+    for hour in 0..=72 {
+        if let Err(err) = cache.get().await {
+            panic!("hour {hour}: {err}");
+        }
+        advance(Duration::from_secs(3600)).await;
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.failed_fetches, 0, "{stats:?}");
+    assert_eq!(source.calls(), stats.fetches, "every fetch called its source");
+    assert_eq!(stats.fetches, 4, "one per day, ahead of expiry: {stats:?}");
 }

@@ -96,6 +96,10 @@ impl Flight {
         });
         let mut finished = pin!(self.rx.wait_for(Option::is_some));
         let mut deadline = Deadline::new(self.stalled_at);
+        // Past the deadline, one more turn of the scheduler before giving up: a clock that
+        // jumped (a paused clock advanced) fires the fetch's timers and this one at once, and
+        // the fetch's task, woken too, may be about to deliver.
+        let mut grace = true;
         poll_fn(|cx| {
             match finished.as_mut().poll(cx) {
                 Poll::Ready(Ok(result)) => {
@@ -113,6 +117,10 @@ impl Flight {
             }
             match deadline.poll_elapsed(cx) {
                 Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) if std::mem::take(&mut grace) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
                 Poll::Ready(Ok(())) => Poll::Ready(Err(stalled.clone())),
                 Poll::Ready(Err(NoRuntime)) => {
                     Poll::Ready(Err(TokenError::new(TokenErrorKind::NoRuntime)))
@@ -155,7 +163,7 @@ impl Shared {
                 origin,
                 id,
             };
-            let result = guard.shared.fetch(deadline).await;
+            let result = guard.shared.fetch(id, deadline).await;
             guard.finish(result);
         });
         Ok(waiter)
@@ -164,31 +172,41 @@ impl Shared {
     /// One call to the source, ended at `deadline` (the fetch timeout from when the fetch was
     /// started), checked for usability.
     ///
-    /// The source is never called or polled past `deadline`, whichever timer the runtime runs
-    /// first: a task that runs late (its runtime was busy or not driven, or the clock jumped
-    /// past several deadlines at once) finds the clock past it and ends without touching the
-    /// source. So once waiters give the fetch up (`stalled_at`, a second after `deadline`) and
-    /// a new one starts, this one's source is never polled again. (Its future is dropped only
-    /// when its runtime next runs the task; and single flight assumes the runtimes sharing a
-    /// cache share a clock, as real clocks do: `tokio::time::pause` is per runtime.)
-    async fn fetch(&self, deadline: Instant) -> Result<Token, TokenError> {
+    /// Past `deadline` (a task that runs late: its runtime was busy or not driven, or a paused
+    /// clock was advanced past it before the task ran), the source is called and polled at
+    /// most once more, and only while this fetch is still the cache's (not reaped as stalled,
+    /// not replaced): a result ready then counts, as with `tokio::time::timeout`, which polls
+    /// its future before its timer, and a refresh ahead whose task first ran after a clock
+    /// jump is not turned into a failure that never called the source. Once the fetch is given
+    /// up (`stalled_at`, a second after `deadline`) and a new one starts, this one's source is
+    /// never polled again. (Its future is dropped only when its runtime next runs the task;
+    /// and single flight assumes the runtimes sharing a cache share a clock, as real clocks
+    /// do: `tokio::time::pause` is per runtime.)
+    async fn fetch(&self, id: u64, deadline: Instant) -> Result<Token, TokenError> {
         let timeout = self.config.fetch_timeout;
         let timed_out = || TokenError::new(TokenErrorKind::Timeout { after: timeout });
-        if Instant::now() > deadline {
+        // Past the deadline before the source was ever called (the task ran late: its runtime
+        // was busy, or a paused clock was advanced before the task first ran): while this
+        // fetch is still the cache's, no other fetch runs, so the source is called, and
+        // polled once. Given up as stalled or replaced, never.
+        if Instant::now() > deadline && !self.claim_late_poll(id) {
             return Err(timed_out());
         }
         let mut source = self.source.fetch();
         let mut expiry = pin!(tokio::time::sleep_until(deadline));
         let result = std::future::poll_fn(|cx| {
-            // The clock first: the timer may not have fired yet where the clock is past. This
-            // is defence in depth (tokio fires an expired sleep at its first poll); the source
-            // before the timer, so that a result ready at the deadline counts, as with
-            // `tokio::time::timeout`.
-            if Instant::now() > deadline {
+            let late = Instant::now() > deadline;
+            // Late and given up: never polled alongside the fetch that replaced it.
+            if late && !self.claim_late_poll(id) {
                 return Poll::Ready(None);
             }
+            // The source before the clock, as `tokio::time::timeout` polls its future before
+            // its timer: a token that is ready when the clock jumped past the deadline counts.
             if let Poll::Ready(result) = source.as_mut().poll(cx) {
                 return Poll::Ready(Some(result));
+            }
+            if late {
+                return Poll::Ready(None);
             }
             expiry.as_mut().poll(cx).map(|()| None)
         })
@@ -201,6 +219,26 @@ impl Shared {
         };
         token.check()?;
         Ok(token)
+    }
+}
+
+impl Shared {
+    /// For a fetch past its deadline, about to poll its source once more: `false` if the
+    /// fetch `id` is no longer the cache's (reaped as stalled, or replaced). Otherwise it is
+    /// kept from counting as stalled for `STALL_SLACK` more, so that no caller can reap it and
+    /// start another fetch while that one poll runs (it ends the fetch either way).
+    fn claim_late_poll(&self, id: u64) -> bool {
+        let mut control = self.lock();
+        if control.stats.fetches != id {
+            return false;
+        }
+        match control.flight.as_mut() {
+            Some(flight) if flight.id == id => {
+                flight.stalled_at = flight.stalled_at.max(Instant::now() + STALL_SLACK);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

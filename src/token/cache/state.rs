@@ -34,9 +34,10 @@
 //!   new fetch; a late success is still installed, but clears only its own flight, and a late
 //!   failure (with one clock, the only kind) records no backoff and no held error. Waiters never
 //!   hang. Single flight holds through this: the fetch's deadline is fixed when it is started
-//!   (not when its task first runs), and its source is never called or polled past that
-//!   deadline, which comes a second before the waiters give up, whatever order the runtime
-//!   fires the two timers in (a stalled runtime, or a clock that jumps past both). A source
+//!   (not when its task first runs), and past it the source is called or polled only once
+//!   more, and only while the fetch is still the cache's, which that poll claims a second more
+//!   of under the lock: a fetch given up is never polled alongside the next, whatever order the
+//!   runtime fires the timers in (a stalled runtime, or a clock that jumps past both). A source
 //!   future polled before the deadline on a runtime that then stops is not polled again, but is
 //!   dropped only when that runtime runs the task; and the runtimes sharing a cache must share a
 //!   clock (`tokio::time::pause` is per runtime).
