@@ -125,8 +125,8 @@ async fn refresh_ahead_keeps_serving_the_current_token_while_it_runs() {
         .refresh_jitter(0.0)
         .build();
     let first = cache.get().await.unwrap();
-    // Window: max(10% of 1000 s, 60 s) = 100 s before the usable end (1000 - 10 s).
-    advance(Duration::from_secs(889)).await;
+    // Window: max(10% of 1000 s, 60 s) = 100 s before expiry (no margin by default).
+    advance(Duration::from_secs(899)).await;
     assert!(cache.get().await.unwrap().same_token(&first));
     assert_eq!(source.calls(), 1);
     advance(Duration::from_secs(2)).await;
@@ -143,6 +143,29 @@ async fn refresh_ahead_keeps_serving_the_current_token_while_it_runs() {
     let after = cache.get().await.unwrap();
     assert!(!after.same_token(&first));
     assert_eq!(source.calls(), 2);
+}
+
+/// DESIGN.md decision 5 to the last second: with the endpoint down, the token is served until
+/// it expires (there is no expiry margin by default), and only then does the outage show.
+#[tokio::test(start_paused = true)]
+async fn an_outage_shows_only_once_the_token_has_expired() {
+    let source = TestSource::new(Duration::from_secs(3600), Duration::ZERO);
+    let cache = TokenCache::new(source.source());
+    let first = cache.get().await.unwrap();
+    source.set_down(true);
+    sleep(Duration::from_millis(3_599_500)).await;
+    assert!(!first.is_expired());
+    let held = cache
+        .get()
+        .await
+        .expect("the valid token, half a second before it expires");
+    assert!(held.same_token(&first));
+    sleep(Duration::from_secs(1)).await;
+    assert!(first.is_expired());
+    assert!(
+        cache.get().await.is_err(),
+        "no token left: the outage's error"
+    );
 }
 
 #[tokio::test(start_paused = true)]

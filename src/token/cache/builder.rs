@@ -24,7 +24,7 @@ impl Default for Config {
             refresh_fraction: 0.10,
             min_refresh_window: Duration::from_secs(60),
             refresh_jitter: 0.5,
-            expiry_margin: Duration::from_secs(10),
+            expiry_margin: Duration::ZERO,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             error_hold: Duration::from_secs(1),
@@ -95,7 +95,10 @@ impl TokenCacheBuilder {
     }
 
     /// A token counts as expired this long before its stated expiry (at most a quarter of its
-    /// lifetime), for clock skew and requests in flight. Default 10 s, as Go's x/oauth2.
+    /// lifetime), for requests that take long to reach the server. Default zero: the refresh
+    /// ahead (at least 60 s before expiry) already leaves the headroom, and a token is served
+    /// until it expires when no refresh succeeds (a failed refresh never evicts a valid token);
+    /// expiry is counted from when the token request was sent, so the server's is later still.
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.config.expiry_margin = capped(margin);
         self

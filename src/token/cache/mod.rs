@@ -83,7 +83,7 @@ pub struct TokenCache {
 pub(crate) struct Lease {
     pub(crate) header: HeaderValue,
     pub(crate) generation: u64,
-    /// When the cache stops using the token (its expiry less the margin).
+    /// When the cache stops using the token (its expiry, less the margin if one is set).
     pub(crate) usable_until: Instant,
 }
 

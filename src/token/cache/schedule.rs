@@ -32,11 +32,12 @@ impl Shared {
         let spread = config.refresh_jitter * control.random_unit();
         let jitter = window.mul_f64(spread);
         // Margin, window and jitter add up to more than half of a short lifetime (a 20 s token:
-        // 5 + 10 + up to 5 s): the refresh never starts before half-way, as documented, so a
-        // short-lived token is not fetched again right after it arrived. The margin is at most a
-        // quarter of the lifetime, so half-way is still before `usable_until`. There the jitter
-        // moves the refresh later instead, within the first half of what is left, so that a
-        // fleet that fetched together does not refresh in lockstep.
+        // a window of 10 s and up to 5 s of jitter): the refresh never starts before half-way,
+        // as documented, so a short-lived token is not fetched again right after it arrived.
+        // The margin is at most a quarter of the lifetime, so half-way is still before
+        // `usable_until`. There the jitter moves the refresh later instead, within the first
+        // half of what is left, so that a fleet that fetched together does not refresh in
+        // lockstep.
         let half_way = now + lifetime / 2;
         let refresh_at = match usable_until.checked_sub(window + jitter) {
             Some(at) if at >= half_way => at,

@@ -88,7 +88,8 @@ fn cache_refused_once(
 ) -> (TokenCache, Arc<AtomicU32>) {
     let calls = Arc::new(AtomicU32::new(0));
     let counted = Arc::clone(&calls);
-    let cache = TokenCache::new(move || {
+    // The timelines below count on a 10 s margin (usable until 90 s of a 100 s token).
+    let cache = TokenCache::builder(move || {
         let call = counted.fetch_add(1, Ordering::SeqCst);
         async move {
             if call == refused {
@@ -103,7 +104,9 @@ fn cache_refused_once(
             }
             Ok(Token::bearer(format!("token-{call}"), lifetime))
         }
-    });
+    })
+    .expiry_margin(Duration::from_secs(10))
+    .build();
     (cache, calls)
 }
 
