@@ -3,7 +3,7 @@
 use std::{
     future::{Future, poll_fn},
     pin::{Pin, pin},
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::Poll,
     time::Duration,
 };
@@ -48,29 +48,51 @@ pub(super) struct RunningFlight {
     pub(super) id: u64,
     rx: watch::Receiver<FlightResult>,
     /// After this instant the fetch counts as stalled: waiters give up, and a new fetch may start.
-    stalled_at: Instant,
+    stalled_at: StallAt,
     /// Started by a refusal, with no caller waiting yet: its first waiter (the refused
     /// request's retry, or a caller after `invalidate`) waits for its own refresh, not a
     /// coalesced one.
     pub(super) unclaimed: bool,
 }
 
+/// When a fetch counts as stalled, shared by the cache and the fetch's waiters: a fetch whose
+/// task first runs late starts its clock afresh and moves it (see `Shared::fetch`), and its
+/// waiters, whose timers were set for the old instant, wait on to the new one.
+#[derive(Clone)]
+struct StallAt(Arc<Mutex<Instant>>);
+
+impl StallAt {
+    fn new(at: Instant) -> Self {
+        Self(Arc::new(Mutex::new(at)))
+    }
+
+    fn get(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves it to `at`, if that is later.
+    fn extend_to(&self, at: Instant) {
+        let mut stalled_at = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *stalled_at = (*stalled_at).max(at);
+    }
+}
+
 impl RunningFlight {
     /// Whether the fetch can no longer deliver: its task was dropped before it first ran, or it
     /// stalled.
     pub(super) fn is_dead(&self, now: Instant) -> bool {
-        self.rx.has_changed().is_err() || now >= self.stalled_at
+        self.rx.has_changed().is_err() || now >= self.stalled_at.get()
     }
 
     /// The instant the fetch counts as stalled.
     pub(super) fn stalled_at(&self) -> Instant {
-        self.stalled_at
+        self.stalled_at.get()
     }
 
     pub(super) fn waiter(&self, fetch_timeout: Duration) -> Flight {
         Flight {
             rx: self.rx.clone(),
-            stalled_at: self.stalled_at,
+            stalled_at: self.stalled_at.clone(),
             fetch_timeout,
         }
     }
@@ -79,7 +101,7 @@ impl RunningFlight {
 /// A running fetch, as seen by a waiter.
 pub(crate) struct Flight {
     rx: watch::Receiver<FlightResult>,
-    stalled_at: Instant,
+    stalled_at: StallAt,
     fetch_timeout: Duration,
 }
 
@@ -95,10 +117,10 @@ impl Flight {
             after: self.fetch_timeout,
         });
         let mut finished = pin!(self.rx.wait_for(Option::is_some));
-        let mut deadline = Deadline::new(self.stalled_at);
-        // Past the deadline, one more turn of the scheduler before giving up: a clock that
+        let mut deadline = Deadline::new(self.stalled_at.get());
+        // Past the stall instant, one more turn of the scheduler before giving up: a clock that
         // jumped (a paused clock advanced) fires the fetch's timers and this one at once, and
-        // the fetch's task, woken too, may be about to deliver.
+        // the fetch's task, woken too, may be about to deliver, or to move the instant.
         let mut grace = true;
         poll_fn(|cx| {
             match finished.as_mut().poll(cx) {
@@ -115,17 +137,27 @@ impl Flight {
                 }
                 Poll::Pending => {}
             }
-            match deadline.poll_elapsed(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(())) if std::mem::take(&mut grace) => {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
+            loop {
+                match deadline.poll_elapsed(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(NoRuntime)) => {
+                        return Poll::Ready(Err(TokenError::new(TokenErrorKind::NoRuntime)));
+                    }
                 }
-                Poll::Ready(Ok(())) => Poll::Ready(Err(stalled.clone())),
-                Poll::Ready(Err(NoRuntime)) => {
-                    Poll::Ready(Err(TokenError::new(TokenErrorKind::NoRuntime)))
+                // A fetch that first ran late moved its stall instant: wait on to it.
+                let stalled_at = self.stalled_at.get();
+                if stalled_at <= Instant::now() {
+                    break;
                 }
+                deadline = Deadline::new(stalled_at);
             }
+            // Past it: one more turn of the scheduler first (see `grace`).
+            if std::mem::take(&mut grace) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Err(stalled.clone()))
         })
         .await
     }
@@ -150,7 +182,7 @@ impl Shared {
         let flight = RunningFlight {
             id,
             rx,
-            stalled_at: deadline + STALL_SLACK,
+            stalled_at: StallAt::new(deadline + STALL_SLACK),
             unclaimed: origin == Origin::Forced,
         };
         let waiter = flight.waiter(fetch_timeout);
@@ -172,26 +204,29 @@ impl Shared {
     /// One call to the source, ended at `deadline` (the fetch timeout from when the fetch was
     /// started), checked for usability.
     ///
-    /// Past `deadline` (a task that runs late: its runtime was busy or not driven, or a paused
-    /// clock was advanced past it before the task ran), the source is called and polled at
-    /// most once more, and only while this fetch is still the cache's (not reaped as stalled,
-    /// not replaced): a result ready then counts, as with `tokio::time::timeout`, which polls
-    /// its future before its timer, and a refresh ahead whose task first ran after a clock
-    /// jump is not turned into a failure that never called the source. Once the fetch is given
-    /// up (`stalled_at`, a second after `deadline`) and a new one starts, this one's source is
-    /// never polled again. (Its future is dropped only when its runtime next runs the task;
-    /// and single flight assumes the runtimes sharing a cache share a clock, as real clocks
-    /// do: `tokio::time::pause` is per runtime.)
+    /// A task that first runs past `deadline` (its runtime was busy, or a paused clock was
+    /// stepped before it ran, as a test stepping the clock by the hour does) has not called
+    /// its source yet: while the fetch is still the cache's, it starts its clock afresh, under
+    /// the lock, with the waiters' stall instant moved with it, so that nobody reaps it and
+    /// starts another meanwhile; given up (reaped as stalled, or replaced), it ends without
+    /// calling the source. A fetch whose clock passes its deadline while it runs (a clock that
+    /// jumps, a runtime that stalls) polls its source once more, if it is still the cache's, as
+    /// `tokio::time::timeout` polls its future before its timer: an answer ready by then
+    /// counts. So a fetch given up is never polled alongside the one that replaced it. (Its
+    /// future is dropped only when its runtime next runs the task; and single flight assumes
+    /// the runtimes sharing a cache share a clock, as real clocks do: `tokio::time::pause` is
+    /// per runtime.)
     async fn fetch(&self, id: u64, deadline: Instant) -> Result<Token, TokenError> {
         let timeout = self.config.fetch_timeout;
         let timed_out = || TokenError::new(TokenErrorKind::Timeout { after: timeout });
-        // Past the deadline before the source was ever called (the task ran late: its runtime
-        // was busy, or a paused clock was advanced before the task first ran): while this
-        // fetch is still the cache's, no other fetch runs, so the source is called, and
-        // polled once. Given up as stalled or replaced, never.
-        if Instant::now() > deadline && !self.claim_late_poll(id) {
-            return Err(timed_out());
-        }
+        let deadline = if Instant::now() > deadline {
+            match self.restart_late_fetch(id) {
+                Some(deadline) => deadline,
+                None => return Err(timed_out()),
+            }
+        } else {
+            deadline
+        };
         let mut source = self.source.fetch();
         let mut expiry = pin!(tokio::time::sleep_until(deadline));
         let result = std::future::poll_fn(|cx| {
@@ -223,18 +258,32 @@ impl Shared {
 }
 
 impl Shared {
+    /// For a fetch whose task first runs past its deadline, before it calls its source: a new
+    /// deadline, a fetch timeout from now, with the stall instant moved with it; `None` if the
+    /// fetch `id` is no longer the cache's (reaped as stalled, or replaced).
+    fn restart_late_fetch(&self, id: u64) -> Option<Instant> {
+        let control = self.lock();
+        if control.stats.fetches != id {
+            return None;
+        }
+        let flight = control.flight.as_ref().filter(|flight| flight.id == id)?;
+        let deadline = Instant::now() + self.config.fetch_timeout;
+        flight.stalled_at.extend_to(deadline + STALL_SLACK);
+        Some(deadline)
+    }
+
     /// For a fetch past its deadline, about to poll its source once more: `false` if the
     /// fetch `id` is no longer the cache's (reaped as stalled, or replaced). Otherwise it is
     /// kept from counting as stalled for `STALL_SLACK` more, so that no caller can reap it and
     /// start another fetch while that one poll runs (it ends the fetch either way).
     fn claim_late_poll(&self, id: u64) -> bool {
-        let mut control = self.lock();
+        let control = self.lock();
         if control.stats.fetches != id {
             return false;
         }
-        match control.flight.as_mut() {
+        match control.flight.as_ref() {
             Some(flight) if flight.id == id => {
-                flight.stalled_at = flight.stalled_at.max(Instant::now() + STALL_SLACK);
+                flight.stalled_at.extend_to(Instant::now() + STALL_SLACK);
                 true
             }
             _ => false,

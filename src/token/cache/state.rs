@@ -34,11 +34,12 @@
 //!   timeout plus a second, waiters give up on their own timers and the next caller starts a
 //!   new fetch; a late success is still installed, but clears only its own flight, and a late
 //!   failure (with one clock, the only kind) records no backoff and no held error. Waiters never
-//!   hang. Single flight holds through this: the fetch's deadline is fixed when it is started
-//!   (not when its task first runs), and past it the source is called or polled only once
-//!   more, and only while the fetch is still the cache's, which that poll claims a second more
-//!   of under the lock: a fetch given up is never polled alongside the next, whatever order the
-//!   runtime fires the timers in (a stalled runtime, or a clock that jumps past both). A source
+//!   hang. Single flight holds through this: the fetch's deadline is fixed when it is started;
+//!   a task that first runs past it starts its clock afresh only while the fetch is still the
+//!   cache's, moving the stall instant under the lock; and a fetch past its deadline polls its
+//!   source once more only on the same condition, claiming a second more: a fetch given up is
+//!   never polled alongside the next, whatever order the runtime fires the timers in (a
+//!   stalled runtime, or a clock that jumps past both). A source
 //!   future polled before the deadline on a runtime that then stops is not polled again, but is
 //!   dropped only when that runtime runs the task; and the runtimes sharing a cache must share a
 //!   clock (`tokio::time::pause` is per runtime).
