@@ -182,7 +182,7 @@ fn readied_then_called_past_the_lifetime(idle_runtime: bool) {
     );
 }
 
-/// A 60 s token is usable until 50 s and refreshed from 30 s (half-way). Its alarm sits on a
+/// A 60 s token is usable until 60 s and refreshed from 30 s (half-way). Its alarm sits on a
 /// runtime that is never driven again; a request at 40 s from another runtime starts the
 /// refresh ahead of expiry, as the alarm would have, and is sent with the current token.
 #[test]
@@ -246,7 +246,7 @@ fn counting_cache() -> (TokenCache, Arc<AtomicU64>) {
     (TokenCache::new(source), fetches)
 }
 
-/// A 60 s token: usable until 50 s, refresh due at 30 s. Its alarm is on `first`, which is never
+/// A 60 s token: usable until 60 s, refresh due at 30 s. Its alarm is on `first`, which is never
 /// driven again (CLOCK). At 40 s the token is valid, and `cached_header()` serves it (a version
 /// stopped serving it at the due instant, with nothing on its path to start the refresh).
 #[test]
@@ -268,7 +268,7 @@ fn the_cached_header_is_served_past_its_refresh_time_while_its_alarm_cannot_run(
 }
 
 /// Through `TokenCache::get`: under CLOCK, `get()` at 40 s starts the refresh that was due at
-/// 30 s (without it, at 50 s every caller would wait for a blocking fetch).
+/// 30 s (without it, at 60 s every caller would wait for a blocking fetch).
 #[test]
 fn get_starts_the_refresh_ahead_while_the_alarm_cannot_run() {
     let (cache, fetches) = counting_cache();

@@ -176,8 +176,8 @@ async fn a_failed_refresh_never_evicts_a_valid_token_and_backs_off() {
         .build();
     let first = cache.get().await.unwrap();
     source.set_down(true);
-    advance(Duration::from_secs(891)).await;
-    // From the refresh point to the usable end (990 s), callers keep the token.
+    advance(Duration::from_secs(901)).await;
+    // From the refresh point (900 s) to the usable end (999 s of it), callers keep the token.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(98) {
         let token = cache.get().await.unwrap();

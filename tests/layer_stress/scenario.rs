@@ -136,7 +136,7 @@ impl Scenario {
         let max_replay_bytes = rng.pick(&[(3, 64), (3, 1024), (4, 16 * 1024), (1, 64 * 1024)]);
         let replay_wait = ms(rng.pick(&[(1, 50), (3, 1_000), (1, 3_000)]));
         let cache = CachePlan {
-            expiry_margin: ms(rng.pick(&[(1, 2_000), (2, 10_000)])),
+            expiry_margin: ms(rng.pick(&[(2, 0), (1, 2_000), (2, 10_000)])),
             min_forced_interval: ms(rng.pick(&[(1, 2_000), (3, 5_000)])),
             fetch_timeout: ms(rng.pick(&[(1, 4_000), (1, 10_000)])),
             backoff: ms(rng.pick(&[(1, 1_000), (1, 2_000)])),

@@ -280,13 +280,21 @@ pub(crate) fn echo(text: &str, secrets: &Redactions) -> String {
     let scrubbed = secrets.scrub(text);
     let mut out: String = scrubbed
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if is_unsafe_to_echo(c) { ' ' } else { c })
         .take(MAX_ECHOED_CHARS)
         .collect();
     if scrubbed.chars().count() > MAX_ECHOED_CHARS {
         out.push('…');
     }
     out
+}
+
+/// Characters blanked in echoed text, which is quoted verbatim in errors and logs: controls
+/// (a newline would forge a log line), and the invisible format characters and line
+/// separators that reorder or split what a reader sees (bidi overrides, U+2028).
+fn is_unsafe_to_echo(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 #[cfg(test)]

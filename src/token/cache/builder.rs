@@ -96,9 +96,13 @@ impl TokenCacheBuilder {
 
     /// A token counts as expired this long before its stated expiry (at most a quarter of its
     /// lifetime), for requests that take long to reach the server. Default zero: the refresh
-    /// ahead (at least 60 s before expiry) already leaves the headroom, and a token is served
-    /// until it expires when no refresh succeeds (a failed refresh never evicts a valid token);
-    /// expiry is counted from when the token request was sent, so the server's is later still.
+    /// ahead (at least 60 s before expiry, or half-way through a shorter lifetime) already
+    /// leaves the headroom, and a token is served until it expires when no refresh succeeds (a
+    /// failed refresh never evicts a valid token). [`BesenderTokenSource`] counts expiry from
+    /// when its token request was sent, so the server's is later still; a custom source that
+    /// counts it from when the answer arrived may want a small margin.
+    ///
+    /// [`BesenderTokenSource`]: crate::BesenderTokenSource
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.config.expiry_margin = capped(margin);
         self

@@ -25,8 +25,8 @@
 //!   state), and every read of a `CLOCK` state compares the clock with that instant itself,
 //!   taking the slow path past it, as the alarm would have made it. A multi-thread runtime's workers drive its timers whenever they
 //!   park, so an alarm there is late by at most a task's poll (a token sent that late past its
-//!   expiry is refused and replaced like any other): its reads trust the state word alone, and
-//!   read no clock.
+//!   expiry is refused and replaced like any other; retried, with retry on and a replayable
+//!   body): its reads trust the state word alone, and read no clock.
 //! - A fetch runs on a task of its own and owns its `watch` sender. Once running, it always ends
 //!   in `finish`, even if it is cancelled or the source panics (a drop guard); a task dropped
 //!   before it first ran drops its sender, which `reap_dead_flight` notices. A fetch whose task

@@ -364,3 +364,13 @@ mod any_answer {
         }
     }
 }
+
+#[test]
+fn echoed_text_loses_controls_and_invisible_reordering_characters() {
+    let secrets = secrets();
+    let echoed = echo(
+        "a\nb\u{2028}c\u{202E}d\u{200B}e\u{FEFF}f\u{2066}g 错误",
+        &secrets,
+    );
+    assert_eq!(echoed, "a b c d e f g 错误");
+}
