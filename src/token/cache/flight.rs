@@ -145,12 +145,14 @@ impl Flight {
                         return Poll::Ready(Err(TokenError::new(TokenErrorKind::NoRuntime)));
                     }
                 }
-                // A fetch that first ran late moved its stall instant: wait on to it.
+                // A fetch that first ran late moved its stall instant: wait on to it, with a
+                // grace turn again (the instant moves at most twice per fetch).
                 let stalled_at = self.stalled_at.get();
                 if stalled_at <= Instant::now() {
                     break;
                 }
                 deadline = Deadline::new(stalled_at);
+                grace = true;
             }
             // Past it: one more turn of the scheduler first (see `grace`).
             if std::mem::take(&mut grace) {
@@ -204,10 +206,10 @@ impl Shared {
     /// One call to the source, ended at `deadline` (the fetch timeout from when the fetch was
     /// started), checked for usability.
     ///
-    /// A task that first runs past `deadline` (its runtime was busy, or a paused clock was
-    /// stepped before it ran, as a test stepping the clock by the hour does) has not called
-    /// its source yet: while the fetch is still the cache's, it starts its clock afresh, under
-    /// the lock, with the waiters' stall instant moved with it, so that nobody reaps it and
+    /// A task that first runs late (its runtime was busy, or a paused clock was stepped before
+    /// it ran, as a test stepping the clock by the hour does) has not called its source yet:
+    /// while the fetch is still the cache's, it gets a whole fetch timeout from then, set under
+    /// the lock with the waiters' stall instant moved with it, so that nobody reaps it and
     /// starts another meanwhile; given up (reaped as stalled, or replaced), it ends without
     /// calling the source. A fetch whose clock passes its deadline while it runs (a clock that
     /// jumps, a runtime that stalls) polls its source once more, if it is still the cache's, as
@@ -219,13 +221,8 @@ impl Shared {
     async fn fetch(&self, id: u64, deadline: Instant) -> Result<Token, TokenError> {
         let timeout = self.config.fetch_timeout;
         let timed_out = || TokenError::new(TokenErrorKind::Timeout { after: timeout });
-        let deadline = if Instant::now() > deadline {
-            match self.restart_late_fetch(id) {
-                Some(deadline) => deadline,
-                None => return Err(timed_out()),
-            }
-        } else {
-            deadline
+        let Some(deadline) = self.start_fetch_clock(id, deadline) else {
+            return Err(timed_out());
         };
         let mut source = self.source.fetch();
         let mut expiry = pin!(tokio::time::sleep_until(deadline));
@@ -258,16 +255,17 @@ impl Shared {
 }
 
 impl Shared {
-    /// For a fetch whose task first runs past its deadline, before it calls its source: a new
-    /// deadline, a fetch timeout from now, with the stall instant moved with it; `None` if the
-    /// fetch `id` is no longer the cache's (reaped as stalled, or replaced).
-    fn restart_late_fetch(&self, id: u64) -> Option<Instant> {
+    /// For a fetch's task as it first runs, before it calls its source: its deadline, at least
+    /// a fetch timeout from now (a task that ran late, even by less than the timeout, gets the
+    /// whole of it), with the stall instant moved with it; `None` if the fetch `id` is no
+    /// longer the cache's (reaped as stalled, or replaced), so its source is never called.
+    fn start_fetch_clock(&self, id: u64, deadline: Instant) -> Option<Instant> {
         let control = self.lock();
         if control.stats.fetches != id {
             return None;
         }
         let flight = control.flight.as_ref().filter(|flight| flight.id == id)?;
-        let deadline = Instant::now() + self.config.fetch_timeout;
+        let deadline = deadline.max(Instant::now() + self.config.fetch_timeout);
         flight.stalled_at.extend_to(deadline + STALL_SLACK);
         Some(deadline)
     }
