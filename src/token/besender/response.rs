@@ -291,10 +291,20 @@ pub(crate) fn echo(text: &str, secrets: &Redactions) -> String {
 
 /// Characters blanked in echoed text, which is quoted verbatim in errors and logs: controls
 /// (a newline would forge a log line), and the invisible format characters and line
-/// separators that reorder or split what a reader sees (bidi overrides, U+2028).
+/// separators that reorder, hide or split what a reader sees (bidi marks and overrides, zero
+/// width characters, tag characters, U+2028).
 fn is_unsafe_to_echo(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
 }
 
 #[cfg(test)]
