@@ -35,8 +35,8 @@
 //!   new fetch; a late success is still installed, but clears only its own flight, and a late
 //!   failure (with one clock, the only kind) records no backoff and no held error. Waiters never
 //!   hang. Single flight holds through this: the fetch's deadline is fixed when it is started;
-//!   a task that first runs past it starts its clock afresh only while the fetch is still the
-//!   cache's, moving the stall instant under the lock; and a fetch past its deadline polls its
+//!   a task that first runs late gets a whole timeout from then only while the fetch is still
+//!   the cache's, moving the stall instant under the lock; and a fetch past its deadline polls its
 //!   source once more only on the same condition, claiming a second more: a fetch given up is
 //!   never polled alongside the next, whatever order the runtime fires the timers in (a
 //!   stalled runtime, or a clock that jumps past both). A source
