@@ -56,8 +56,8 @@ pub(super) struct RunningFlight {
 }
 
 /// When a fetch counts as stalled, shared by the cache and the fetch's waiters: a fetch whose
-/// task first runs late starts its clock afresh and moves it (see `Shared::fetch`), and its
-/// waiters, whose timers were set for the old instant, wait on to the new one.
+/// task first runs late moves it with its deadline (see `Shared::fetch`), and its waiters,
+/// whose timers were set for the old instant, wait on to the new one.
 #[derive(Clone)]
 struct StallAt(Arc<Mutex<Instant>>);
 
@@ -177,9 +177,10 @@ impl Shared {
         control.stats.fetches += 1;
         let id = control.stats.fetches;
         let fetch_timeout = self.config.fetch_timeout;
-        // One deadline, fixed now, for the source call and (plus the slack) for the waiters:
-        // counted from the task's first poll instead, a task that waits to run would let its
-        // source run past the instant the cache gives it up and starts another fetch.
+        // One deadline, fixed now, for the source call and (plus the slack) for the waiters. A
+        // task that first runs late moves both, but only under the lock and only while this is
+        // still the cache's fetch (`start_fetch_clock`): otherwise its source could run past
+        // the instant the cache gives it up and starts another fetch.
         let deadline = Instant::now() + fetch_timeout;
         let flight = RunningFlight {
             id,
