@@ -259,30 +259,29 @@ impl Shared {
     /// For a fetch's task as it first runs, before it calls its source: its deadline, at least
     /// a fetch timeout from now (a task that ran late, even by less than the timeout, gets the
     /// whole of it), with the stall instant moved with it; `None` if the fetch `id` is no
-    /// longer the cache's (reaped as stalled, or replaced), so its source is never called.
+    /// longer the cache's, so its source is never called.
     fn start_fetch_clock(&self, id: u64, deadline: Instant) -> Option<Instant> {
-        let control = self.lock();
-        if control.stats.fetches != id {
-            return None;
-        }
-        let flight = control.flight.as_ref().filter(|flight| flight.id == id)?;
         let deadline = deadline.max(Instant::now() + self.config.fetch_timeout);
-        flight.stalled_at.extend_to(deadline + STALL_SLACK);
-        Some(deadline)
+        self.hold_off_stall(id, deadline + STALL_SLACK)
+            .then_some(deadline)
     }
 
     /// For a fetch past its deadline, about to poll its source once more: `false` if the
-    /// fetch `id` is no longer the cache's (reaped as stalled, or replaced). Otherwise it is
-    /// kept from counting as stalled for `STALL_SLACK` more, so that no caller can reap it and
-    /// start another fetch while that one poll runs (it ends the fetch either way).
+    /// fetch `id` is no longer the cache's. Otherwise it is kept from counting as stalled for
+    /// `STALL_SLACK` more, so that no caller can reap it and start another fetch while that
+    /// one poll runs (it ends the fetch either way).
     fn claim_late_poll(&self, id: u64) -> bool {
+        self.hold_off_stall(id, Instant::now() + STALL_SLACK)
+    }
+
+    /// Moves the stall instant of the fetch `id` to at least `until`, under the lock, if it is
+    /// still the cache's fetch (not reaped as stalled, not replaced: either would have taken
+    /// it out of `flight`); `false` otherwise.
+    fn hold_off_stall(&self, id: u64, until: Instant) -> bool {
         let control = self.lock();
-        if control.stats.fetches != id {
-            return false;
-        }
         match control.flight.as_ref() {
             Some(flight) if flight.id == id => {
-                flight.stalled_at.extend_to(Instant::now() + STALL_SLACK);
+                flight.stalled_at.extend_to(until);
                 true
             }
             _ => false,
