@@ -57,7 +57,7 @@ async fn seven_days_of_steady_load_fetch_once_per_lifetime_and_never_wait_after_
         calls += 1;
     }
     assert!(calls > 60_000);
-    // Refresh ahead starts 2.4 h (+ up to 1.2 h jitter) + 10 s before expiry: every 20.4-21.6 h.
+    // Refresh ahead starts 2.4 h (+ up to 1.2 h jitter) before expiry: every 20.4-21.6 h.
     let fetches = source.calls();
     assert!((8..=9).contains(&fetches), "{fetches} fetches in 7 days");
     assert_eq!(cache.stats().coalesced_waits, 0);
