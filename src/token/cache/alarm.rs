@@ -9,7 +9,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::state::{CHECK, CLOCK, Control, Entry, GENERATION_SHIFT, Shared};
+use super::{
+    schedule::Entry,
+    state::{CHECK, CLOCK, Control, GENERATION_SHIFT, Shared},
+};
 
 /// The alarm armed now.
 pub(super) struct Alarm {

@@ -10,7 +10,10 @@ use std::{
 
 use tokio::{runtime::Handle, sync::watch, time::Instant};
 
-use super::state::{Entry, Origin, Shared};
+use super::{
+    schedule::{Entry, Origin},
+    state::Shared,
+};
 use crate::{
     deadline::{Deadline, NoRuntime},
     error::{BoxError, TokenError, TokenErrorKind},

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 
 use super::{
     Lease,
-    state::{CHECK, CLOCK, Entry, GENERATION_SHIFT, Shared},
+    schedule::Entry,
+    state::{CHECK, CLOCK, GENERATION_SHIFT, Shared},
 };
 use crate::token::Token;
 

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 
 use super::{
     event::{self, Event},
-    state::{Entry, Origin, Shared},
+    schedule::{Entry, Origin},
+    state::Shared,
 };
 
 /// Counters of the layer's refusal path, kept with the cache so that response futures reach

@@ -1,15 +1,53 @@
-//! When a fresh token is refreshed and stopped being used, and how long to back off after a
-//! failed fetch: the cache's timing policy, apart from its state machine (`state.rs`).
+//! A fetched token's entry, when it is refreshed and stopped being used, and how long to back
+//! off after a failed fetch: the cache's timing policy, apart from its state machine
+//! (`state.rs`).
 
 use std::{sync::atomic::AtomicBool, time::Duration};
 
+use http::HeaderValue;
 use tokio::time::Instant;
 
-use super::state::{Control, Entry, Origin, Shared};
+use super::state::{Control, Shared};
 use crate::{
     error::{BesenderError, TokenError},
     token::Token,
 };
+
+/// How a token was obtained: forced refreshes are rate-limited, normal fetches are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    Normal,
+    Forced,
+}
+
+/// One fetched token and its schedule.
+pub(crate) struct Entry {
+    /// Identity of this fetch; never reused within a cache.
+    pub(crate) generation: u64,
+    pub(crate) token: Token,
+    /// The token's header value (checked valid when the entry was made); interned when the
+    /// budget allows, so that clones share no reference count.
+    pub(super) header: HeaderValue,
+    pub(super) interned: bool,
+    pub(super) origin: Origin,
+    /// A retry carrying this token was accepted: it fixed a refusal, so a later refusal of it
+    /// is a new revocation, not a refusal no token can fix (see [`Shared::invalidate`]).
+    pub(super) retry_accepted: AtomicBool,
+    pub(super) refresh_at: Instant,
+    pub(super) usable_until: Instant,
+}
+
+impl Entry {
+    /// Until when the token may be used.
+    pub(super) fn usable_until(&self) -> Instant {
+        self.usable_until
+    }
+
+    /// Whether the token may still be used at `now`.
+    pub(super) fn usable_at(&self, now: Instant) -> bool {
+        now < self.usable_until
+    }
+}
 
 impl Shared {
     /// The cache's view of a fresh token: when to refresh it and when to stop using it.

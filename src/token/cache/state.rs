@@ -55,12 +55,11 @@ use std::{
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::{
@@ -69,7 +68,7 @@ use super::{
     event::{self, Event},
     flight::{DynSource, Flight, FlightResult, RunningFlight},
     refusal::RefusalCounters,
-    schedule::asked_wait,
+    schedule::{Entry, Origin, asked_wait},
 };
 use crate::{error::TokenError, token::Token};
 
@@ -80,42 +79,6 @@ pub(super) const CHECK: u64 = 1;
 pub(super) const CLOCK: u64 = 2;
 /// The generation sits above the flag bits.
 pub(super) const GENERATION_SHIFT: u32 = 2;
-
-/// How a token was obtained: forced refreshes are rate-limited, normal fetches are not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Origin {
-    Normal,
-    Forced,
-}
-
-/// One fetched token and its schedule.
-pub(crate) struct Entry {
-    /// Identity of this fetch; never reused within a cache.
-    pub(crate) generation: u64,
-    pub(crate) token: Token,
-    /// The token's header value (checked valid when the entry was made); interned when the
-    /// budget allows, so that clones share no reference count.
-    pub(super) header: HeaderValue,
-    pub(super) interned: bool,
-    pub(super) origin: Origin,
-    /// A retry carrying this token was accepted: it fixed a refusal, so a later refusal of it
-    /// is a new revocation, not a refusal no token can fix (see [`Shared::invalidate`]).
-    pub(super) retry_accepted: AtomicBool,
-    pub(super) refresh_at: Instant,
-    pub(super) usable_until: Instant,
-}
-
-impl Entry {
-    /// Until when the token may be used.
-    pub(super) fn usable_until(&self) -> Instant {
-        self.usable_until
-    }
-
-    /// Whether the token may still be used at `now`.
-    pub(super) fn usable_at(&self, now: Instant) -> bool {
-        now < self.usable_until
-    }
-}
 
 /// What a caller gets from the slow path.
 pub(crate) enum Lookup {
