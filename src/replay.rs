@@ -4,9 +4,17 @@
 //! (as `Bytes`, so nothing is copied) up to a cap. If the server refuses the token, the retry
 //! replays the kept frames, then streams whatever the first attempt had not read yet, then the
 //! trailers. Past the cap the kept frames are freed and replay is refused; a body whose size hint
-//! already exceeds the cap is never buffered at all, and a body known to be empty needs no buffer.
+//! already exceeds the cap is never buffered at all.
 //!
-//! # Shared state
+//! # Bodies whole in memory
+//! A body known to be empty, and an `http_body_util::Full<Bytes>` (the usual request body of a
+//! hyper-util client, recognised by its type), are whole in memory when they are wrapped: the
+//! `Full`'s one frame is taken out at once, and each attempt gets its own handle on the bytes
+//! (`Kind::Whole`). Nothing is shared between the attempts, so there is no lock, and a retry
+//! never waits for the first attempt to let go of the body: an early refusal is retried at once.
+//! Every other body takes the streamed path below.
+//!
+//! # Shared state (streamed bodies)
 //! A [`Replay`] (held by the response future) and the attempt bodies share one allocation: the
 //! retry's copy of the request head ([`RequestHead`]), and a [`BodyState`] behind a lock: the
 //! kept frames, the trailers, and the unread rest of the caller's body.
@@ -29,6 +37,7 @@
 //! the rare path.
 
 use std::{
+    any::Any,
     fmt,
     future::Future,
     pin::Pin,
@@ -36,12 +45,13 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 use tokio::sync::Notify;
 
 use self::{
@@ -58,7 +68,9 @@ use crate::{error::BoxError, head::RequestHead};
 /// Past the cap the kept frames are freed and the refusal is returned instead of a retry; a body
 /// whose size hint already exceeds the cap is never buffered. If the server answered before the
 /// first attempt finished sending, the retry waits (bounded) for the first attempt to let go of
-/// the body; two attempts never stream it at once.
+/// the body; two attempts never stream it at once. An `http_body_util::Full<Bytes>` (or a body
+/// known to be empty) is whole in memory from the start: each attempt gets its own handle on its
+/// bytes, and its retry never waits.
 ///
 /// This is the body type the inner service receives. Its data is `Bytes` and its error a
 /// [`BoxError`], so it fits hyper-util's client and, through `tonic::body::Body::new` or
@@ -76,22 +88,23 @@ pub struct ReplayBody<B> {
 enum Kind<B> {
     /// Not replayable (retry off, or larger than the cap): the body, unchanged but for `Bytes`.
     Passthrough(B),
-    /// A body known to be empty, on either attempt.
-    Empty,
+    /// A body whole in memory (see [`whole`]), or known to be empty, on either attempt: its
+    /// data, until sent. Each attempt has its own handle on the bytes, so the retry never
+    /// waits for the first attempt to let go of the body.
+    Whole(Option<Bytes>),
     /// The first attempt of a replayable body.
     First(First<B>),
     /// The retry: the kept frames, then the rest of the caller's body.
     Retry(RetryAttempt<B>),
 }
 
-struct Shared<B> {
+pub(crate) struct Shared<B> {
     /// The request head for the retry (its `Authorization` is replaced then).
     head: RequestHead,
     /// The `Authorization` header the first attempt carried: a fresh token equal to it is no
     /// reason to retry.
     token: HeaderValue,
     cap: usize,
-    empty: bool,
     /// The caller's body declared its exact size when it was wrapped. A retry reports an exact
     /// size only then: a client frames the body by its size hint (HTTP/1.1 `content-length`
     /// or chunked, HTTP/2 `content-length`), and the retry must go out as the first attempt
@@ -126,8 +139,19 @@ struct BodyState<B> {
 }
 
 /// The retry's handle on a replayable request: its head and its body.
-pub(crate) struct Replay<B> {
-    shared: Arc<Shared<B>>,
+pub(crate) enum Replay<B> {
+    /// A body the first attempt streams, keeping its frames in the shared state.
+    Streamed(Arc<Shared<B>>),
+    /// A body whole in memory: the first attempt shares nothing with the retry.
+    Whole(Box<WholeRequest>),
+}
+
+/// What the retry of a request with a body whole in memory needs.
+pub(crate) struct WholeRequest {
+    head: RequestHead,
+    /// As [`Shared::token`].
+    token: HeaderValue,
+    data: Option<Bytes>,
 }
 
 /// What [`Replay::take`] found.
@@ -193,39 +217,62 @@ impl<B: Body> ReplayBody<B> {
     /// The caller wraps the body with `Request::map`, so that the request is moved once on its
     /// way to the inner service, as with retry off.
     pub(crate) fn first(
-        body: B,
+        mut body: B,
         head: RequestHead,
         token: HeaderValue,
         cap: usize,
-    ) -> (Self, Replay<B>) {
-        let empty = body.is_end_stream();
+    ) -> (Self, Replay<B>)
+    where
+        B: 'static,
+    {
+        if let Some(data) = whole(&mut body) {
+            let kind = Kind::Whole(data.clone());
+            let whole = WholeRequest { head, token, data };
+            return (Self { kind }, Replay::Whole(Box::new(whole)));
+        }
         let hint = body.size_hint();
         let shared = Arc::new(Shared {
             head,
             token,
             cap,
-            empty,
             exact_size: hint.exact().is_some(),
             hint,
             body: Mutex::new(BodyState {
                 kept: Kept::default(),
                 trailers: None,
-                rest: (!empty).then_some(body),
+                rest: Some(body),
                 over_cap: false,
                 failed: false,
                 first_polled: false,
             }),
-            in_use: AtomicBool::new(!empty),
+            in_use: AtomicBool::new(true),
             gave_up: AtomicBool::new(false),
             retry_waiting: AtomicBool::new(false),
             released: Notify::new(),
         });
-        let first = if empty {
-            Kind::Empty
-        } else {
-            Kind::First(First::new(Arc::clone(&shared)))
-        };
-        (Self { kind: first }, Replay { shared })
+        let first = Kind::First(First::new(Arc::clone(&shared)));
+        (Self { kind: first }, Replay::Streamed(shared))
+    }
+}
+
+/// The data of a body that is whole in memory, taken out of it: `Some(None)` for a body known
+/// to be empty, `Some(Some(data))` for an `http_body_util::Full<Bytes>` (the usual request body
+/// of a hyper-util client), whose one frame is ready at once; `None` for any other body, which
+/// is streamed and kept as it goes. Such a body needs no state shared between the attempts: no
+/// lock, and no wait for the first attempt to let go of it before a retry.
+fn whole<B: Body + 'static>(body: &mut B) -> Option<Option<Bytes>> {
+    if body.is_end_stream() {
+        return Some(None);
+    }
+    let full = (body as &mut dyn Any).downcast_mut::<Full<Bytes>>()?;
+    // A `Full` answers its first poll at once, with its data; it has no other kind of frame,
+    // and no error.
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(full).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => Some(frame.into_data().ok()),
+        Poll::Ready(None) => Some(None),
+        Poll::Ready(Some(Err(never))) => match never {},
+        Poll::Pending => None,
     }
 }
 
@@ -240,26 +287,36 @@ impl<B> Shared<B> {
 impl<B> Replay<B> {
     /// The request head to send again.
     pub(crate) fn head(&self) -> &RequestHead {
-        &self.shared.head
+        match self {
+            Replay::Streamed(shared) => &shared.head,
+            Replay::Whole(whole) => &whole.head,
+        }
     }
 
     /// The `Authorization` header the first attempt carried.
     pub(crate) fn token(&self) -> &HeaderValue {
-        &self.shared.token
+        match self {
+            Replay::Streamed(shared) => &shared.token,
+            Replay::Whole(whole) => &whole.token,
+        }
     }
 
     /// The body for the retry, if the first attempt has let go of it and it can be replayed.
     pub(crate) fn take(&self) -> Take<B> {
-        if self.shared.empty {
-            return Take::Ready(ReplayBody { kind: Kind::Empty });
-        }
-        if self.shared.gave_up.load(Ordering::SeqCst) {
+        let shared = match self {
+            Replay::Streamed(shared) => shared,
+            Replay::Whole(whole) => {
+                let kind = Kind::Whole(whole.data.clone());
+                return Take::Ready(ReplayBody { kind });
+            }
+        };
+        if shared.gave_up.load(Ordering::SeqCst) {
             return Take::Refused;
         }
         // The first attempt hands its state over before it clears `in_use`, under this lock:
         // once the swap below finds the body released, the state read after it is final.
-        let state = self.shared.lock();
-        if self.shared.in_use.swap(true, Ordering::SeqCst) {
+        let state = shared.lock();
+        if shared.in_use.swap(true, Ordering::SeqCst) {
             return Take::Held;
         }
         if state.over_cap || state.failed {
@@ -268,7 +325,7 @@ impl<B> Replay<B> {
         drop(state);
         Take::Ready(ReplayBody {
             kind: Kind::Retry(RetryAttempt {
-                shared: Arc::clone(&self.shared),
+                shared: Arc::clone(shared),
                 sent_frames: 0,
                 sent_trailers: false,
                 polled: false,
@@ -283,9 +340,16 @@ impl<B> Replay<B> {
     where
         B: Send + 'static,
     {
-        self.shared.retry_waiting.store(true, Ordering::SeqCst);
-        let shared = Arc::clone(&self.shared);
+        let shared = match self {
+            Replay::Streamed(shared) => Some(Arc::clone(shared)),
+            // `take` never says `Held` for it.
+            Replay::Whole(_) => None,
+        };
+        if let Some(shared) = &shared {
+            shared.retry_waiting.store(true, Ordering::SeqCst);
+        }
         async move {
+            let Some(shared) = shared else { return };
             // Until the first attempt lets go of the body, or gives up on keeping it (then
             // `take` refuses, and the refusal need not wait for the upload to end).
             while shared.in_use.load(Ordering::SeqCst) && !shared.gave_up.load(Ordering::SeqCst) {
@@ -308,7 +372,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
-            Kind::Empty => Poll::Ready(None),
+            Kind::Whole(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
             Kind::Passthrough(body) => Pin::new(body).poll_frame(cx).map(|frame| {
                 frame.map(|frame| frame.map(|f| f.map_data(into_bytes)).map_err(Into::into))
             }),
@@ -319,7 +383,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Empty => true,
+            Kind::Whole(data) => data.is_none(),
             Kind::Passthrough(body) => body.is_end_stream(),
             Kind::First(first) => first.is_end_stream(),
             Kind::Retry(retry) => retry.is_end_stream(),
@@ -328,7 +392,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Whole(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Passthrough(body) => body.size_hint(),
             Kind::First(first) => first.size_hint(),
             Kind::Retry(retry) => retry.size_hint(),
@@ -345,7 +409,7 @@ impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Passthrough(_) => "passthrough",
-            Kind::Empty => "empty",
+            Kind::Whole(_) => "whole",
             Kind::First(_) => "first attempt",
             Kind::Retry(_) => "replay",
         };

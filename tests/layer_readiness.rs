@@ -15,7 +15,7 @@ use std::{
 
 use besender_auth::{BesenderAuthLayer, ReplayBody, Token};
 use bytes::Bytes;
-use common::{settle, source::TestSource};
+use common::{TestBody, full_body, settle, source::TestSource};
 use http::{Request, Response};
 use http_body_util::Empty;
 use tokio::time::{Instant, advance};
@@ -209,17 +209,38 @@ async fn a_call_after_a_long_wait_for_the_inner_service_carries_the_current_toke
     assert_eq!(*gate.seen.lock().unwrap(), ["Bearer token-2"]);
 }
 
-type Held = Arc<std::sync::Mutex<Option<Request<ReplayBody<http_body_util::Full<Bytes>>>>>>;
+type Held<B> = Arc<std::sync::Mutex<Option<Request<ReplayBody<B>>>>>;
 
 /// Refuses the first request at once while keeping hold of it (as a server that answers before
 /// reading the body keeps the upload going); echoes the body of the next.
-#[derive(Clone, Default)]
-struct EarlyRefuser {
-    held: Held,
+struct EarlyRefuser<B> {
+    held: Held<B>,
     calls: Arc<AtomicU64>,
 }
 
-impl Service<Request<ReplayBody<http_body_util::Full<Bytes>>>> for EarlyRefuser {
+impl<B> Default for EarlyRefuser<B> {
+    fn default() -> Self {
+        Self {
+            held: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+}
+
+impl<B> Clone for EarlyRefuser<B> {
+    fn clone(&self) -> Self {
+        Self {
+            held: Arc::clone(&self.held),
+            calls: Arc::clone(&self.calls),
+        }
+    }
+}
+
+impl<B> Service<Request<ReplayBody<B>>> for EarlyRefuser<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<besender_auth::BoxError>,
+{
     type Response = Response<Bytes>;
     type Error = Infallible;
     type Future = std::pin::Pin<
@@ -230,7 +251,7 @@ impl Service<Request<ReplayBody<http_body_util::Full<Bytes>>>> for EarlyRefuser 
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<ReplayBody<http_body_util::Full<Bytes>>>) -> Self::Future {
+    fn call(&mut self, request: Request<ReplayBody<B>>) -> Self::Future {
         use http_body_util::BodyExt;
         if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
             *self.held.lock().unwrap() = Some(request);
@@ -245,40 +266,72 @@ impl Service<Request<ReplayBody<http_body_util::Full<Bytes>>>> for EarlyRefuser 
     }
 }
 
-fn upload() -> Request<http_body_util::Full<Bytes>> {
+const UPLOAD: &[u8] = b"the whole upload";
+
+/// A body the layer streams and keeps as it goes (any body but a `Full<Bytes>`).
+fn streamed_upload() -> Request<TestBody> {
     Request::post("http://127.0.0.1/upload")
-        .body(http_body_util::Full::new(Bytes::from_static(
-            b"the whole upload",
-        )))
+        .body(full_body(UPLOAD))
         .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_early_refusal_is_retried_once_the_first_attempt_lets_go_of_the_body() {
     let source = TestSource::new(DAY, Duration::ZERO);
-    let inner = EarlyRefuser::default();
+    let inner = EarlyRefuser::<TestBody>::default();
     let service = ServiceBuilder::new()
         .layer(BesenderAuthLayer::new(source.source()))
         .service(inner.clone());
-    let caller = tokio::spawn(async move { service.oneshot(upload()).await });
+    let caller = tokio::spawn(async move { service.oneshot(streamed_upload()).await });
     settle().await;
     assert!(!caller.is_finished(), "the retry waits for the body");
     drop(inner.held.lock().unwrap().take()); // the first attempt lets go
     let response = caller.await.unwrap().unwrap();
     assert_eq!(response.status(), http::StatusCode::OK);
-    assert_eq!(response.into_body(), "the whole upload");
+    assert_eq!(response.into_body(), UPLOAD);
     assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+}
+
+/// A `Full<Bytes>` body is whole in memory: each attempt has its own handle on its bytes, so an
+/// early refusal is retried at once, while the first attempt still holds its body.
+#[tokio::test(start_paused = true)]
+async fn an_early_refusal_of_a_body_whole_in_memory_is_retried_at_once() {
+    let source = TestSource::new(DAY, Duration::ZERO);
+    let inner = EarlyRefuser::<http_body_util::Full<Bytes>>::default();
+    let layer = BesenderAuthLayer::new(source.source());
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(inner.clone());
+    let upload = Request::post("http://127.0.0.1/upload")
+        .body(http_body_util::Full::new(Bytes::from_static(UPLOAD)))
+        .unwrap();
+    let started = Instant::now();
+    let response = service.oneshot(upload).await.unwrap();
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "no wait for the first attempt"
+    );
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(response.into_body(), UPLOAD);
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(layer.stats().refused_replays, 0);
+    // The first attempt's body, still held, is whole too: it sends every byte.
+    use http_body_util::BodyExt;
+    let held = inner.held.lock().unwrap().take().expect("still held");
+    let first = held.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(first, UPLOAD);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_early_refusal_whose_body_is_never_released_returns_the_refusal() {
     let source = TestSource::new(DAY, Duration::ZERO);
-    let inner = EarlyRefuser::default();
+    let inner = EarlyRefuser::<TestBody>::default();
     let layer = BesenderAuthLayer::new(source.source()).replay_wait(Duration::from_secs(1));
     let service = ServiceBuilder::new()
         .layer(layer.clone())
         .service(inner.clone());
-    let response = service.oneshot(upload()).await.unwrap();
+    let response = service.oneshot(streamed_upload()).await.unwrap();
     assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
     assert_eq!(inner.calls.load(Ordering::SeqCst), 1, "not retried");
     assert_eq!(layer.stats().refused_replays, 1);

@@ -16,7 +16,7 @@ use std::{
 use besender_auth::{BesenderAuthLayer, Error, ReplayBody, Token, TokenCache};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -30,12 +30,15 @@ fn current_thread() -> Runtime {
 /// An inner service that refuses `token-1` at once while it keeps the request's body (as a
 /// client still sending it does), and accepts any other token; over a cache issuing
 /// `token-1`, `token-2`, ... Its response futures depend on no runtime (as a `Buffer`'s).
-type Held = Arc<Mutex<Option<ReplayBody<Full<Bytes>>>>>;
+/// A body the layer streams (a `Full<Bytes>` is whole in memory, and its retry never waits).
+type Upload = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+type Held = Arc<Mutex<Option<ReplayBody<Upload>>>>;
 
 fn holding_service(
     replay_wait: Duration,
 ) -> (
-    impl Service<Request<Full<Bytes>>, Response = Response<()>, Error = Error, Future: Send + 'static>
+    impl Service<Request<Upload>, Response = Response<()>, Error = Error, Future: Send + 'static>
     + Clone,
     Held,
 ) {
@@ -51,7 +54,7 @@ fn holding_service(
     });
     let held = Arc::new(Mutex::new(None));
     let keep = Arc::clone(&held);
-    let inner = service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+    let inner = service_fn(move |request: Request<ReplayBody<Upload>>| {
         let mut response = Response::new(());
         if request.headers()[AUTHORIZATION] == "Bearer token-1" {
             *keep.lock().unwrap() = Some(request.into_body());
@@ -65,9 +68,9 @@ fn holding_service(
     (service, held)
 }
 
-fn post() -> Request<Full<Bytes>> {
+fn post() -> Request<Upload> {
     Request::post("http://api.example/")
-        .body(Full::new(Bytes::from_static(b"payload")))
+        .body(Full::new(Bytes::from_static(b"payload")).boxed_unsync())
         .unwrap()
 }
 

@@ -97,7 +97,7 @@ where
 }
 
 /// `body` wrapped as the layer wraps a request body.
-fn replayable<B: Body>(body: B, cap: usize) -> (ReplayBody<B>, Option<Replay<B>>) {
+fn replayable<B: Body + 'static>(body: B, cap: usize) -> (ReplayBody<B>, Option<Replay<B>>) {
     let request = http::Request::post("http://127.0.0.1/upload")
         .header("x-trace", "1")
         .body(body)
@@ -110,6 +110,14 @@ fn replayable<B: Body>(body: B, cap: usize) -> (ReplayBody<B>, Option<Replay<B>>
     }
     let (body, replay) = ReplayBody::first(body, head, token, cap);
     (body, Some(replay))
+}
+
+/// The shared state of a replay whose body is streamed.
+fn streamed<B>(replay: &Replay<B>) -> &Arc<Shared<B>> {
+    match replay {
+        Replay::Streamed(shared) => shared,
+        Replay::Whole(_) => panic!("a streamed body"),
+    }
 }
 
 fn take<B>(replay: &Replay<B>) -> ReplayBody<B> {
@@ -175,7 +183,7 @@ async fn past_the_cap_the_buffer_is_freed_and_replay_refused() {
         "refused at once, without waiting for the first attempt to end"
     );
     drop(first);
-    assert!(replay.shared.lock().over_cap);
+    assert!(streamed(&replay).lock().over_cap);
     assert!(matches!(replay.take(), Take::Refused));
 }
 
@@ -196,7 +204,7 @@ async fn an_empty_body_replays_as_empty_without_sharing_state() {
         "http://127.0.0.1/upload"
     );
     let mut retry = take(&replay);
-    assert!(matches!(retry.kind, Kind::Empty));
+    assert!(matches!(retry.kind, Kind::Whole(None)));
     assert_eq!(read(&mut retry, usize::MAX).await.0, b"");
 }
 
@@ -314,7 +322,7 @@ async fn the_first_attempt_reports_the_callers_hints_before_and_while_streaming(
 async fn once_the_response_future_is_gone_nothing_is_kept_or_handed_over() {
     let (mut first, replay) = replayable(Frames::new(&["ab", "cd", "ef"], false), 64);
     let replay = replay.unwrap();
-    let shared = Arc::downgrade(&replay.shared);
+    let shared = Arc::downgrade(streamed(&replay));
     read(&mut first, 1).await;
     drop(replay); // the caller gave up on the response: no retry can come
     let (rest, _) = read(&mut first, usize::MAX).await;
@@ -408,4 +416,41 @@ async fn a_hand_over_from_another_thread_is_seen_whole() {
         assert_eq!(data, b"abcdef");
         assert!(trailers.is_some());
     }
+}
+
+#[tokio::test]
+async fn a_full_body_is_whole_in_memory_and_each_attempt_has_its_own_handle() {
+    let data = Bytes::from_static(b"{\"code\": \"test\"}");
+    let (mut first, replay) = replayable(http_body_util::Full::new(data.clone()), 64);
+    let replay = replay.unwrap();
+    assert!(matches!(replay, Replay::Whole(_)));
+    // Framed as the `Full` itself frames: an exact size, and not at its end before its poll.
+    assert_eq!(first.size_hint().exact(), Some(data.len() as u64));
+    assert!(!first.is_end_stream());
+    // The retry's body is ready while the first attempt still holds (and has not sent) its own.
+    let mut retry = take(&replay);
+    assert_eq!(retry.size_hint().exact(), Some(data.len() as u64));
+    assert!(!retry.is_end_stream());
+    for attempt in [&mut first, &mut retry] {
+        let (sent, trailers) = read(attempt, usize::MAX).await;
+        assert_eq!(sent, data);
+        assert!(trailers.is_none());
+        assert!(attempt.is_end_stream());
+        assert_eq!(attempt.size_hint().exact(), Some(0));
+    }
+    assert_eq!(replay.head().to_parts().unwrap().headers["x-trace"], "1");
+    assert_eq!(replay.token(), "Bearer t");
+}
+
+#[test]
+fn only_a_full_of_bytes_is_taken_whole_and_only_under_the_cap() {
+    // Boxed, it cannot be looked into: streamed and kept as it goes.
+    let boxed = http_body_util::Full::new(Bytes::from_static(b"abc")).boxed_unsync();
+    let (first, replay) = replayable(boxed, 64);
+    assert!(matches!(replay, Some(Replay::Streamed(_))));
+    assert!(matches!(first.kind, Kind::First(_)));
+    // Over the cap: passed through, nothing kept.
+    let (first, replay) = replayable(http_body_util::Full::new(Bytes::from_static(b"abc")), 2);
+    assert!(replay.is_none());
+    assert!(matches!(first.kind, Kind::Passthrough(_)));
 }
