@@ -131,6 +131,8 @@ impl BesenderAuthLayer {
 
     /// How long a retry waits for the first attempt to let go of the request body, when the
     /// server answered before reading all of it. Default 1 s; past it the refusal is returned.
+    /// A body whole in memory (an `http_body_util::Full<Bytes>`, or an empty body) never waits:
+    /// each attempt has its own handle on its bytes.
     /// A response future polled outside any Tokio runtime has no timer to wait on: it returns
     /// the refusal at once.
     pub fn replay_wait(mut self, wait: Duration) -> Self {

@@ -68,9 +68,11 @@ use crate::{error::BoxError, head::RequestHead};
 /// Past the cap the kept frames are freed and the refusal is returned instead of a retry; a body
 /// whose size hint already exceeds the cap is never buffered. If the server answered before the
 /// first attempt finished sending, the retry waits (bounded) for the first attempt to let go of
-/// the body; two attempts never stream it at once. An `http_body_util::Full<Bytes>` (or a body
-/// known to be empty) is whole in memory from the start: each attempt gets its own handle on its
-/// bytes, and its retry never waits.
+/// the body; two attempts never stream it at once. The exception is a body whole in memory
+/// from the start: an `http_body_util::Full<Bytes>` (matched by its type: a boxed `Full`, or a
+/// `Full` of another buffer type, is streamed) or a body known to be empty. Each attempt then
+/// gets its own handle on the bytes, so the retry never waits, and may be sent while the first
+/// attempt is still sending its own copy.
 ///
 /// This is the body type the inner service receives. Its data is `Bytes` and its error a
 /// [`BoxError`], so it fits hyper-util's client and, through `tonic::body::Body::new` or
@@ -212,7 +214,8 @@ impl<B: Body> ReplayBody<B> {
     /// Wraps `body` (which [`fits`](Self::fits) `cap`) for a first attempt that may be
     /// replayed once, keeping up to `cap` bytes, with `head`, the copy of the request head for
     /// the retry, and `token`, the header the first attempt carries (a fresh token equal to it
-    /// is no use). The first attempt's body and the retry's handle share one allocation.
+    /// is no use). For a streamed body, the first attempt's body and the retry's handle share
+    /// one allocation; a body whole in memory shares nothing.
     ///
     /// The caller wraps the body with `Request::map`, so that the request is moved once on its
     /// way to the inner service, as with retry off.
@@ -269,6 +272,7 @@ fn whole<B: Body + 'static>(body: &mut B) -> Option<Option<Bytes>> {
     // and no error.
     let mut cx = Context::from_waker(Waker::noop());
     match Pin::new(full).poll_frame(&mut cx) {
+        // `into_data` cannot fail: a `Full` yields data frames only.
         Poll::Ready(Some(Ok(frame))) => Some(frame.into_data().ok()),
         Poll::Ready(None) => Some(None),
         Poll::Ready(Some(Err(never))) => match never {},

@@ -60,7 +60,9 @@ async fn refusal_of_a_declared_over_cap_body_counts_as_refused_replay() {
 // ---------------------------------------------------------------------------------------------
 // Boundaries and the Tower contract
 
-/// Exactly at the cap (a `Full` of 64 KiB) is replayed; one byte over is returned as is.
+/// Exactly at the cap (a `Full` of 64 KiB) is replayed; one byte over is returned as is. (A `Full`
+/// is taken whole, so its size hint alone is judged; the boundary of a body kept as it streams
+/// is tested in `src/replay/tests.rs`.)
 #[tokio::test]
 async fn cap_boundary_with_full_bodies() {
     for (len, retried) in [(64 * 1024, true), (64 * 1024 + 1, false)] {
@@ -118,9 +120,10 @@ async fn retry_under_a_concurrency_limit_of_one() {
     assert!(seen.lock().unwrap().len() >= 3);
 }
 
-/// An axum server that answers 401 without reading a `Full` body (HTTP/1.1 and h2): a `Full`
-/// is whole in memory, so the retry goes at once, whatever the first attempt's body is doing,
-/// and succeeds; never a hang.
+/// An axum server that answers 401 without reading a `Full` body (HTTP/1.1 and h2): the retry
+/// succeeds, never a hang. (A smoke test over real connections: on loopback hyper has sent the
+/// body before the 401 arrives. That a `Full`'s retry never waits for the first attempt is
+/// tested in `layer_readiness.rs`.)
 #[tokio::test]
 async fn early_refusal_of_an_unread_full_body() {
     use axum::{Router, routing::post};

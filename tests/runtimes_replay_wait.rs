@@ -27,14 +27,14 @@ fn current_thread() -> Runtime {
         .unwrap()
 }
 
-/// An inner service that refuses `token-1` at once while it keeps the request's body (as a
-/// client still sending it does), and accepts any other token; over a cache issuing
-/// `token-1`, `token-2`, ... Its response futures depend on no runtime (as a `Buffer`'s).
 /// A body the layer streams (a `Full<Bytes>` is whole in memory, and its retry never waits).
 type Upload = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
 type Held = Arc<Mutex<Option<ReplayBody<Upload>>>>;
 
+/// An inner service that refuses `token-1` at once while it keeps the request's body (as a
+/// client still sending it does), and accepts any other token; over a cache issuing
+/// `token-1`, `token-2`, ... Its response futures depend on no runtime (as a `Buffer`'s).
 fn holding_service(
     replay_wait: Duration,
 ) -> (

@@ -454,3 +454,24 @@ fn only_a_full_of_bytes_is_taken_whole_and_only_under_the_cap() {
     assert!(replay.is_none());
     assert!(matches!(first.kind, Kind::Passthrough(_)));
 }
+
+#[tokio::test]
+async fn a_streamed_body_of_exactly_the_cap_is_replayed_and_one_byte_more_is_not() {
+    for (cap, replayed) in [(6, true), (5, false)] {
+        // Of unknown size, so that only the kept bytes meet the cap.
+        let body = Frames::new(&["abc", "def"], false).without_size();
+        let (mut first, replay) = replayable(body, cap);
+        let replay = replay.unwrap();
+        assert!(matches!(replay, Replay::Streamed(_)));
+        assert_eq!(read(&mut first, usize::MAX).await.0, b"abcdef");
+        drop(first);
+        match replay.take() {
+            Take::Ready(mut retry) => {
+                assert!(replayed, "cap {cap}: replayed past the cap");
+                assert_eq!(read(&mut retry, usize::MAX).await.0, b"abcdef");
+            }
+            Take::Refused => assert!(!replayed, "cap {cap}: refused at the cap"),
+            Take::Held => panic!("cap {cap}: the first attempt is gone"),
+        }
+    }
+}
