@@ -256,9 +256,7 @@ impl Shared {
         token.check()?;
         Ok(token)
     }
-}
 
-impl Shared {
     /// For a fetch's task as it first runs, before it calls its source: its deadline, at least
     /// a fetch timeout from now (a task that ran late, even by less than the timeout, gets the
     /// whole of it), with the stall instant moved with it; `None` if the fetch `id` is no
