@@ -99,7 +99,7 @@ impl OnRefusal {
 
 /// What a retry needs, kept from `call`: four words, as the head, the body and the refused
 /// token's header live behind the replay's one pointer (the shared state of a streamed body,
-/// or the box of a body whole in memory).
+/// or the `KeptRequest` of a body whole in memory).
 pub(crate) struct Retry<S, B> {
     /// The request head and body to send again.
     replay: Replay<B>,

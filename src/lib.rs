@@ -115,7 +115,7 @@ pub mod classify;
 mod deadline;
 mod error;
 mod future;
-mod head;
+mod kept_request;
 mod layer;
 mod replay;
 mod service;

@@ -10,13 +10,14 @@
 //! A body known to be empty, and an `http_body_util::Full<Bytes>` (the usual request body of a
 //! hyper-util client, recognised by its type), are whole in memory when they are wrapped: the
 //! `Full`'s one frame is taken out at once, and each attempt gets its own handle on the bytes
-//! (`Kind::Whole`). Nothing is shared between the attempts, so there is no lock, and a retry
-//! never waits for the first attempt to let go of the body: an early refusal is retried at once.
+//! (`Kind::Whole`; the retry's is kept in the [`KeptRequest`] with the head). Nothing is shared
+//! between the attempts, so there is no lock and no allocation of its own, and a retry never
+//! waits for the first attempt to let go of the body: an early refusal is retried at once.
 //! Every other body takes the streamed path below.
 //!
 //! # Shared state (streamed bodies)
 //! A [`Replay`] (held by the response future) and the attempt bodies share one allocation: the
-//! retry's copy of the request head ([`RequestHead`]), and a [`BodyState`] behind a lock: the
+//! retry's copy of the request head ([`KeptRequest`]), and a [`BodyState`] behind a lock: the
 //! kept frames, the trailers, and the unread rest of the caller's body.
 //!
 //! The first attempt streams the caller's body from that state, under the lock, and keeps its
@@ -58,7 +59,7 @@ use self::{
     attempts::{First, RetryAttempt},
     kept::Kept,
 };
-use crate::{error::BoxError, head::RequestHead};
+use crate::{error::BoxError, kept_request::KeptRequest};
 
 /// A request body that the layer can replay once.
 ///
@@ -101,11 +102,9 @@ enum Kind<B> {
 }
 
 pub(crate) struct Shared<B> {
-    /// The request head for the retry (its `Authorization` is replaced then).
-    head: RequestHead,
-    /// The `Authorization` header the first attempt carried: a fresh token equal to it is no
-    /// reason to retry.
-    token: HeaderValue,
+    /// The request head for the retry (its `Authorization` is replaced then), with the token
+    /// the first attempt carried.
+    kept: KeptRequest,
     cap: usize,
     /// The caller's body declared its exact size when it was wrapped. A retry reports an exact
     /// size only then: a client frames the body by its size hint (HTTP/1.1 `content-length`
@@ -144,16 +143,9 @@ struct BodyState<B> {
 pub(crate) enum Replay<B> {
     /// A body the first attempt streams, keeping its frames in the shared state.
     Streamed(Arc<Shared<B>>),
-    /// A body whole in memory: the first attempt shares nothing with the retry.
-    Whole(Box<WholeRequest>),
-}
-
-/// What the retry of a request with a body whole in memory needs.
-pub(crate) struct WholeRequest {
-    head: RequestHead,
-    /// As [`Shared::token`].
-    token: HeaderValue,
-    data: Option<Bytes>,
+    /// A body whole in memory, kept with the head: the first attempt shares nothing with the
+    /// retry.
+    Whole(KeptRequest),
 }
 
 /// What [`Replay::take`] found.
@@ -212,16 +204,17 @@ impl<B: Body> ReplayBody<B> {
     }
 
     /// Wraps `body` (which [`fits`](Self::fits) `cap`) for a first attempt that may be
-    /// replayed once, keeping up to `cap` bytes, with `head`, the copy of the request head for
+    /// replayed once, keeping up to `cap` bytes, with `kept`, the copy of the request head for
     /// the retry, and `token`, the header the first attempt carries (a fresh token equal to it
-    /// is no use). For a streamed body, the first attempt's body and the retry's handle share
-    /// one allocation; a body whole in memory shares nothing.
+    /// is no use), which is kept with it. For a streamed body, the first attempt's body and the
+    /// retry's handle share one allocation; a body whole in memory shares nothing, and its data
+    /// is kept with the head.
     ///
     /// The caller wraps the body with `Request::map`, so that the request is moved once on its
     /// way to the inner service, as with retry off.
     pub(crate) fn first(
         mut body: B,
-        head: RequestHead,
+        mut kept: KeptRequest,
         token: HeaderValue,
         cap: usize,
     ) -> (Self, Replay<B>)
@@ -230,13 +223,13 @@ impl<B: Body> ReplayBody<B> {
     {
         if let Some(data) = whole(&mut body) {
             let kind = Kind::Whole(data.clone());
-            let whole = WholeRequest { head, token, data };
-            return (Self { kind }, Replay::Whole(Box::new(whole)));
+            kept.keep(token, data);
+            return (Self { kind }, Replay::Whole(kept));
         }
+        kept.keep(token, None);
         let hint = body.size_hint();
         let shared = Arc::new(Shared {
-            head,
-            token,
+            kept,
             cap,
             exact_size: hint.exact().is_some(),
             hint,
@@ -289,28 +282,25 @@ impl<B> Shared<B> {
 }
 
 impl<B> Replay<B> {
-    /// The request head to send again.
-    pub(crate) fn head(&self) -> &RequestHead {
+    /// What was kept of the request to send again (its head, and the token it carried).
+    pub(crate) fn request(&self) -> &KeptRequest {
         match self {
-            Replay::Streamed(shared) => &shared.head,
-            Replay::Whole(whole) => &whole.head,
+            Replay::Streamed(shared) => &shared.kept,
+            Replay::Whole(kept) => kept,
         }
     }
 
     /// The `Authorization` header the first attempt carried.
     pub(crate) fn token(&self) -> &HeaderValue {
-        match self {
-            Replay::Streamed(shared) => &shared.token,
-            Replay::Whole(whole) => &whole.token,
-        }
+        self.request().token()
     }
 
     /// The body for the retry, if the first attempt has let go of it and it can be replayed.
     pub(crate) fn take(&self) -> Take<B> {
         let shared = match self {
             Replay::Streamed(shared) => shared,
-            Replay::Whole(whole) => {
-                let kind = Kind::Whole(whole.data.clone());
+            Replay::Whole(kept) => {
+                let kind = Kind::Whole(kept.data().cloned());
                 return Take::Ready(ReplayBody { kind });
             }
         };

@@ -14,7 +14,7 @@ use tower_service::Service;
 use crate::{
     error::{BoxError, Error, TokenError},
     future::{OnRefusal, ResponseFuture, Retry},
-    head::RequestHead,
+    kept_request::KeptRequest,
     layer::{AuthStats, Core},
     replay::ReplayBody,
     token::cache::{Acquire, Lease, LeaseFuture, TokenCache},
@@ -242,7 +242,7 @@ where
         // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
         let cap = self.core.max_replay_bytes;
         let head = match ReplayBody::fits(request.body(), cap) {
-            true => RequestHead::copy(&request),
+            true => KeptRequest::copy(&request),
             false => None,
         };
         let Some(head) = head else {

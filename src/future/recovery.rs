@@ -203,7 +203,7 @@ where
     /// The retry: the kept request head with the fresh token, and the replayed body; `None` if
     /// the head does not rebuild.
     fn request(&self, lease: Lease, body: ReplayBody<B>) -> Option<RetryRequest<B>> {
-        let mut parts = self.retry.replay.head().to_parts()?;
+        let mut parts = self.retry.replay.request().to_parts()?;
         parts
             .headers
             .insert(http::header::AUTHORIZATION, lease.header.clone());

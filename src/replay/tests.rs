@@ -103,7 +103,7 @@ fn replayable<B: Body + 'static>(body: B, cap: usize) -> (ReplayBody<B>, Option<
         .body(body)
         .unwrap();
     let token = http::HeaderValue::from_static("Bearer t");
-    let head = RequestHead::copy(&request).unwrap();
+    let head = KeptRequest::copy(&request).unwrap();
     let body = request.into_body();
     if !ReplayBody::fits(&body, cap) {
         return (ReplayBody::passthrough(body), None);
@@ -200,7 +200,7 @@ async fn an_empty_body_replays_as_empty_without_sharing_state() {
     assert!(first.is_end_stream());
     let replay = replay.unwrap();
     assert_eq!(
-        replay.head().to_parts().unwrap().uri,
+        replay.request().to_parts().unwrap().uri,
         "http://127.0.0.1/upload"
     );
     let mut retry = take(&replay);
@@ -438,7 +438,7 @@ async fn a_full_body_is_whole_in_memory_and_each_attempt_has_its_own_handle() {
         assert!(attempt.is_end_stream());
         assert_eq!(attempt.size_hint().exact(), Some(0));
     }
-    assert_eq!(replay.head().to_parts().unwrap().headers["x-trace"], "1");
+    assert_eq!(replay.request().to_parts().unwrap().headers["x-trace"], "1");
     assert_eq!(replay.token(), "Bearer t");
 }
 

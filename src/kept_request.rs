@@ -1,4 +1,5 @@
-//! `RequestHead`: the retry's copy of a request head, in one buffer.
+//! `KeptRequest`: what the retry keeps of a request: a compact copy of its head, the token the
+//! first attempt carried, and the data of a body whole in memory.
 //!
 //! A retry needs the first attempt's method, URI, version, headers and extensions, but the inner
 //! service consumes the request. Cloning `http::request::Parts` is the obvious copy and the
@@ -7,19 +8,30 @@
 //! than the rest of the layer's per-call work). Nearly every request succeeds, so the copy is
 //! almost always thrown away. This copy writes the URI and every header name and value back to
 //! back into one buffer instead, and the head is rebuilt only when a retry is actually sent.
-//! A dropped head leaves its buffer in a spare slot of the thread that drops it, and the next
-//! copy made on that thread takes it, so the copy usually allocates nothing.
+//!
+//! The copy lives in one box, with its buffer, so that what the retry keeps moves as one
+//! pointer. A dropped copy goes to a spare slot of the thread that drops it, buffer and all,
+//! and the next copy made on that thread takes it: the copy usually allocates nothing.
 
 use std::{cell::Cell, fmt};
+
+use bytes::Bytes;
 
 use http::{
     Extensions, HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, header::AUTHORIZATION,
     request::Parts, uri,
 };
 
-/// A compact copy of a request head, without its `Authorization` header (a retry sets its own);
-/// see the module documentation.
-pub(crate) struct RequestHead {
+/// What the retry keeps of a request (see the module documentation): its head without the
+/// `Authorization` header (a retry sets its own), the token that header carried, and the data
+/// of a body whole in memory. One pointer, so that the retry state it goes into is cheap to
+/// move (the copy itself is over a hundred bytes).
+pub(crate) struct KeptRequest {
+    /// `None` only while it is dropped (the box then goes back to the thread's spare slot).
+    copy: Option<Box<Copied>>,
+}
+
+struct Copied {
     method: Method,
     version: Version,
     extensions: Extensions,
@@ -29,13 +41,20 @@ pub(crate) struct RequestHead {
     /// name, value.
     bytes: Vec<u8>,
     headers: usize,
+    /// The `Authorization` header the first attempt carried (see [`KeptRequest::keep`]).
+    token: HeaderValue,
+    /// The data of a body whole in memory (see [`KeptRequest::keep`]).
+    data: Option<Bytes>,
 }
+
+/// What a spare copy holds in place of a token.
+const NO_TOKEN: HeaderValue = HeaderValue::from_static("");
 
 const HEADER_PREFIX: usize = 4 + 4 + 1;
 
-impl RequestHead {
-    /// Copies the head of `request`; `None` if a part is too large to encode (then no retry is
-    /// possible).
+impl KeptRequest {
+    /// Copies the head of `request`, but its `Authorization` header; `None` if a part is too
+    /// large to encode (then no retry is possible).
     #[inline]
     pub(crate) fn copy<B>(request: &http::Request<B>) -> Option<Self> {
         let uri = request.uri();
@@ -45,20 +64,20 @@ impl RequestHead {
             uri.path_and_query().map(uri::PathAndQuery::as_str),
         ];
         let uri_len: usize = uri_parts.iter().flatten().map(|s| s.len()).sum();
-        // One pass over the headers; a typical header fits the estimate, and the buffer grows
-        // (rarely) otherwise.
+        // One pass over the headers, into a spare copy of this thread's if there is one; a
+        // typical header fits the estimate, and the buffer grows (rarely) otherwise.
         let headers = request.headers();
-        let mut bytes = spare_buffer();
+        let mut copy = spare_copy();
+        let bytes = &mut copy.bytes;
         bytes.reserve(uri_len + headers.len() * (HEADER_PREFIX + 40));
         let mut copied = 0;
-        let mut ranges = [None; 3];
         // Offsets are `u32`, checked once at the end: every one is at most the final length.
-        for (range, part) in ranges.iter_mut().zip(uri_parts) {
-            if let Some(part) = part {
+        for (range, part) in copy.uri.iter_mut().zip(uri_parts) {
+            *range = part.map(|part| {
                 let start = bytes.len() as u32;
                 bytes.extend_from_slice(part.as_bytes());
-                *range = Some((start, bytes.len() as u32));
-            }
+                (start, bytes.len() as u32)
+            });
         }
         for (name, value) in headers {
             if name == AUTHORIZATION {
@@ -79,19 +98,45 @@ impl RequestHead {
         if u32::try_from(bytes.len()).is_err() {
             return None;
         }
-        Some(Self {
-            method: request.method().clone(),
-            version: request.version(),
-            extensions: request.extensions().clone(),
-            uri: ranges,
-            bytes,
-            headers: copied,
-        })
+        copy.headers = copied;
+        copy.method = request.method().clone();
+        copy.version = request.version();
+        copy.extensions = request.extensions().clone();
+        Some(Self { copy: Some(copy) })
+    }
+
+    /// Keeps, with the head, the `Authorization` header the first attempt carries (a fresh
+    /// token equal to it is no reason to retry) and, for a body whole in memory, its data: in
+    /// the same allocation, so that a request whose body needs no shared state (see
+    /// `ReplayBody::first`) keeps everything for its retry in one pointer.
+    #[inline]
+    pub(crate) fn keep(&mut self, token: HeaderValue, data: Option<Bytes>) {
+        if let Some(copy) = self.copy.as_deref_mut() {
+            copy.token = token;
+            copy.data = data;
+        }
+    }
+
+    /// The `Authorization` header the first attempt carried, as given to [`keep`](Self::keep).
+    pub(crate) fn token(&self) -> &HeaderValue {
+        static NONE: HeaderValue = NO_TOKEN;
+        self.copy.as_deref().map_or(&NONE, |copy| &copy.token)
+    }
+
+    /// The body data given to [`keep`](Self::keep).
+    pub(crate) fn data(&self) -> Option<&Bytes> {
+        self.copy.as_deref()?.data.as_ref()
     }
 
     /// The head as it was copied. `None` only if the copy does not parse back, which cannot
     /// happen for heads built through `http`'s checked constructors.
     pub(crate) fn to_parts(&self) -> Option<Parts> {
+        self.copy.as_deref()?.to_parts()
+    }
+}
+
+impl Copied {
+    fn to_parts(&self) -> Option<Parts> {
         let (mut parts, ()) = http::Request::new(()).into_parts();
         parts.method = self.method.clone();
         parts.version = self.version;
@@ -142,40 +187,63 @@ impl RequestHead {
 }
 
 thread_local! {
-    /// A head buffer freed on this thread, for the next copy made here: nearly every copy is
-    /// thrown away unused, and reusing its buffer spares an allocation and a free per request.
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// A copy freed on this thread, with its buffer, for the next copy made here: nearly every
+    /// copy is thrown away unused, and reusing it spares two allocations and two frees per
+    /// request.
+    static SPARE: Cell<Option<Box<Copied>>> = const { Cell::new(None) };
 }
 
-/// Buffers larger than this are freed rather than kept (a head with a large cookie).
+/// Copies whose buffer grew larger than this are freed rather than kept (a head with a large
+/// cookie).
 const SPARE_MAX: usize = 4096;
 
-/// This thread's spare head buffer (empty), or a new one.
+/// This thread's spare copy (emptied), or a new one.
 #[inline]
-fn spare_buffer() -> Vec<u8> {
-    SPARE.try_with(Cell::take).unwrap_or_default()
+fn spare_copy() -> Box<Copied> {
+    match SPARE.try_with(Cell::take) {
+        Ok(Some(copy)) => copy,
+        _ => Box::new(Copied {
+            method: Method::GET,
+            version: Version::HTTP_11,
+            extensions: Extensions::new(),
+            uri: [None; 3],
+            bytes: Vec::new(),
+            headers: 0,
+            token: NO_TOKEN,
+            data: None,
+        }),
+    }
 }
 
-impl Drop for RequestHead {
+impl Drop for KeptRequest {
     #[inline]
     fn drop(&mut self) {
-        let mut bytes = std::mem::take(&mut self.bytes);
-        if bytes.capacity() <= SPARE_MAX {
-            // Cleared, not zeroed: what it held is no more exposed than freed memory is.
-            bytes.clear();
-            let _ = SPARE.try_with(|spare| spare.set(bytes));
+        let Some(mut copy) = self.copy.take() else {
+            return;
+        };
+        if copy.bytes.capacity() <= SPARE_MAX {
+            // Cleared, not zeroed: what it held is no more exposed than freed memory is. The
+            // caller's extensions, the token and the body go now, not when the copy is next
+            // used.
+            copy.bytes.clear();
+            copy.extensions = Extensions::new();
+            copy.token = NO_TOKEN;
+            copy.data = None;
+            let _ = SPARE.try_with(|spare| spare.set(Some(copy)));
         }
     }
 }
 
-impl fmt::Debug for RequestHead {
+impl fmt::Debug for KeptRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The headers hold the bearer token: never shown.
-        f.debug_struct("RequestHead")
-            .field("method", &self.method)
-            .field("version", &self.version)
-            .field("headers", &self.headers)
-            .finish_non_exhaustive()
+        let mut f = f.debug_struct("KeptRequest");
+        if let Some(copy) = self.copy.as_deref() {
+            f.field("method", &copy.method)
+                .field("version", &copy.version)
+                .field("headers", &copy.headers);
+        }
+        f.finish_non_exhaustive()
     }
 }
 
@@ -183,8 +251,14 @@ impl fmt::Debug for RequestHead {
 mod tests {
     use super::*;
 
+    impl KeptRequest {
+        fn parts(&self) -> &Copied {
+            self.copy.as_deref().unwrap()
+        }
+    }
+
     fn round_trip(request: http::Request<()>) {
-        let copy = RequestHead::copy(&request).unwrap();
+        let copy = KeptRequest::copy(&request).unwrap();
         let (parts, ()) = request.into_parts();
         let back = copy.to_parts().unwrap();
         let mut expected = parts.headers.clone();
@@ -237,26 +311,27 @@ mod tests {
             .header("x-a", "1")
             .body(())
             .unwrap();
-        let first = RequestHead::copy(&request).unwrap();
-        let buffer = first.bytes.as_ptr();
+        let first = KeptRequest::copy(&request).unwrap();
+        let (copy, buffer) = (first.parts() as *const Copied, first.parts().bytes.as_ptr());
         drop(first);
-        let second = RequestHead::copy(&request).unwrap();
-        assert_eq!(second.bytes.as_ptr(), buffer, "reused");
+        let second = KeptRequest::copy(&request).unwrap();
+        assert_eq!(second.parts() as *const Copied, copy, "reused");
+        assert_eq!(second.parts().bytes.as_ptr(), buffer, "reused");
         assert_eq!(second.to_parts().unwrap().headers["x-a"], "1");
-        // Two heads alive at once: the second gets a buffer of its own.
-        let third = RequestHead::copy(&request).unwrap();
-        assert_ne!(third.bytes.as_ptr(), second.bytes.as_ptr());
+        // Two heads alive at once: the second gets a copy of its own.
+        let third = KeptRequest::copy(&request).unwrap();
+        assert_ne!(third.parts().bytes.as_ptr(), second.parts().bytes.as_ptr());
         // A large buffer is freed, not kept for the thread.
         let large = http::Request::get("/")
             .header("cookie", "c".repeat(2 * SPARE_MAX))
             .body(())
             .unwrap();
         drop((second, third));
-        drop(RequestHead::copy(&large).unwrap());
+        drop(KeptRequest::copy(&large).unwrap());
         let kept = SPARE.with(|spare| {
-            let buffer = spare.take();
-            let capacity = buffer.capacity();
-            spare.set(buffer);
+            let copy = spare.take();
+            let capacity = copy.as_ref().map_or(0, |copy| copy.bytes.capacity());
+            spare.set(copy);
             capacity
         });
         assert!(kept <= SPARE_MAX, "kept {kept} bytes");
@@ -268,8 +343,43 @@ mod tests {
         struct Tag(u32);
         let mut request = http::Request::get("/").body(()).unwrap();
         request.extensions_mut().insert(Tag(7));
-        let back = RequestHead::copy(&request).unwrap().to_parts().unwrap();
+        let back = KeptRequest::copy(&request).unwrap().to_parts().unwrap();
         assert_eq!(back.extensions.get::<Tag>(), Some(&Tag(7)));
+        // The next copy on this thread reuses that one's storage, and none of its contents.
+        let plain = http::Request::put("http://other.example/b")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let back = KeptRequest::copy(&plain).unwrap().to_parts().unwrap();
+        assert_eq!(back.extensions.get::<Tag>(), None);
+        assert_eq!(
+            (back.method, back.uri, back.version, back.headers.len()),
+            (Method::PUT, plain.uri().clone(), Version::HTTP_2, 0)
+        );
+    }
+
+    #[test]
+    fn a_spare_copy_keeps_no_token_no_body_and_no_extensions() {
+        #[derive(Clone)]
+        struct Tag;
+        let mut request = http::Request::get("/").body(()).unwrap();
+        request.extensions_mut().insert(Tag);
+        let mut kept = KeptRequest::copy(&request).unwrap();
+        kept.keep(
+            HeaderValue::from_static("Bearer kept"),
+            Some(Bytes::from_static(b"body")),
+        );
+        assert_eq!(kept.token(), "Bearer kept");
+        assert_eq!(kept.data().map(|d| &d[..]), Some(&b"body"[..]));
+        drop(kept);
+        SPARE.with(|spare| {
+            let copy = spare.take().expect("the dropped copy is the spare");
+            assert_eq!(copy.token, "");
+            assert!(copy.data.is_none());
+            assert!(copy.extensions.get::<Tag>().is_none());
+            assert!(copy.bytes.is_empty());
+            spare.set(Some(copy));
+        });
     }
 
     #[test]
@@ -279,8 +389,8 @@ mod tests {
             .header("x-api-key", "also-secret")
             .body(())
             .unwrap();
-        let copy = RequestHead::copy(&request).unwrap();
-        assert!(!copy.bytes.windows(11).any(|w| w == b"very-secret"));
+        let copy = KeptRequest::copy(&request).unwrap();
+        assert!(!copy.parts().bytes.windows(11).any(|w| w == b"very-secret"));
         assert!(!format!("{copy:?}").contains("also-secret"));
     }
 }
