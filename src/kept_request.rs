@@ -197,7 +197,7 @@ thread_local! {
 /// cookie).
 const SPARE_MAX: usize = 4096;
 
-/// This thread's spare copy (emptied), or a new one.
+/// This thread's spare copy (its buffer cleared; see `Drop`), or a new one.
 #[inline]
 fn spare_copy() -> Box<Copied> {
     match SPARE.try_with(Cell::take) {
@@ -224,7 +224,8 @@ impl Drop for KeptRequest {
         if copy.bytes.capacity() <= SPARE_MAX {
             // Cleared, not zeroed: what it held is no more exposed than freed memory is. The
             // caller's extensions, the token and the body go now, not when the copy is next
-            // used.
+            // used; the rest is overwritten then (a method name over 15 bytes, the one other
+            // field that can own memory, is not worth the cost of resetting on every request).
             copy.bytes.clear();
             copy.extensions = Extensions::new();
             copy.token = NO_TOKEN;
@@ -356,6 +357,43 @@ mod tests {
             (back.method, back.uri, back.version, back.headers.len()),
             (Method::PUT, plain.uri().clone(), Version::HTTP_2, 0)
         );
+    }
+
+    #[test]
+    fn a_reused_copy_carries_nothing_of_the_request_before() {
+        #[derive(Clone)]
+        struct Tag;
+        let mut full = http::Request::post("https://user.example:8443/a?b=c")
+            .version(Version::HTTP_2)
+            .header("x-one", "1")
+            .header("x-two", "2")
+            .body(())
+            .unwrap();
+        full.extensions_mut().insert(Tag);
+        let mut kept = KeptRequest::copy(&full).unwrap();
+        kept.keep(
+            HeaderValue::from_static("Bearer old"),
+            Some(Bytes::from_static(b"old body")),
+        );
+        let reused = kept.parts() as *const Copied;
+        drop(kept);
+        let bare = http::Request::builder()
+            .method("CONNECT")
+            .uri("proxy.example:443")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        let kept = KeptRequest::copy(&bare).unwrap();
+        assert_eq!(kept.parts() as *const Copied, reused, "the box is reused");
+        assert_eq!(kept.token(), "");
+        assert!(kept.data().is_none());
+        let back = kept.to_parts().unwrap();
+        assert_eq!(back.method, Method::CONNECT);
+        assert_eq!(back.uri, "proxy.example:443");
+        assert_eq!(back.uri.scheme(), None);
+        assert_eq!(back.version, Version::HTTP_10);
+        assert!(back.headers.is_empty());
+        assert!(back.extensions.get::<Tag>().is_none());
     }
 
     #[test]

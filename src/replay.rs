@@ -17,8 +17,9 @@
 //!
 //! # Shared state (streamed bodies)
 //! A [`Replay`] (held by the response future) and the attempt bodies share one allocation: the
-//! retry's copy of the request head ([`KeptRequest`]), and a [`BodyState`] behind a lock: the
-//! kept frames, the trailers, and the unread rest of the caller's body.
+//! [`KeptRequest`] (a pointer to the retry's copy of the request head, with the token the first
+//! attempt carried, in a box reused from request to request), and a [`BodyState`] behind a
+//! lock: the kept frames, the trailers, and the unread rest of the caller's body.
 //!
 //! The first attempt streams the caller's body from that state, under the lock, and keeps its
 //! frames there. The lock is uncontended (the retry reads the state only once the first attempt

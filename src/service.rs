@@ -241,11 +241,11 @@ where
         }
         // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
         let cap = self.core.max_replay_bytes;
-        let head = match ReplayBody::fits(request.body(), cap) {
+        let kept = match ReplayBody::fits(request.body(), cap) {
             true => KeptRequest::copy(&request),
             false => None,
         };
-        let Some(head) = head else {
+        let Some(kept) = kept else {
             let refusal = OnRefusal {
                 unreplayable: true,
                 ..self.core.on_refusal(lease.generation)
@@ -255,8 +255,8 @@ where
         };
         let mut replay = None;
         let request = request.map(|body| {
-            let (body, kept) = ReplayBody::first(body, head, lease.header.clone(), cap);
-            replay = Some(kept);
+            let (body, handle) = ReplayBody::first(body, kept, lease.header.clone(), cap);
+            replay = Some(handle);
             body
         });
         let replay = replay.expect("`Request::map` calls its closure");

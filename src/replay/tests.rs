@@ -103,12 +103,12 @@ fn replayable<B: Body + 'static>(body: B, cap: usize) -> (ReplayBody<B>, Option<
         .body(body)
         .unwrap();
     let token = http::HeaderValue::from_static("Bearer t");
-    let head = KeptRequest::copy(&request).unwrap();
+    let kept = KeptRequest::copy(&request).unwrap();
     let body = request.into_body();
     if !ReplayBody::fits(&body, cap) {
         return (ReplayBody::passthrough(body), None);
     }
-    let (body, replay) = ReplayBody::first(body, head, token, cap);
+    let (body, replay) = ReplayBody::first(body, kept, token, cap);
     (body, Some(replay))
 }
 
@@ -463,6 +463,8 @@ async fn a_streamed_body_of_exactly_the_cap_is_replayed_and_one_byte_more_is_not
         let (mut first, replay) = replayable(body, cap);
         let replay = replay.unwrap();
         assert!(matches!(replay, Replay::Streamed(_)));
+        // A fresh token equal to this one is no reason to retry: it must be kept.
+        assert_eq!(replay.token(), "Bearer t");
         assert_eq!(read(&mut first, usize::MAX).await.0, b"abcdef");
         drop(first);
         match replay.take() {
