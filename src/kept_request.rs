@@ -42,13 +42,10 @@ struct Copied {
     bytes: Vec<u8>,
     headers: usize,
     /// The `Authorization` header the first attempt carried (see [`KeptRequest::keep`]).
-    token: HeaderValue,
+    token: Option<HeaderValue>,
     /// The data of a body whole in memory (see [`KeptRequest::keep`]).
     data: Option<Bytes>,
 }
-
-/// What a spare copy holds in place of a token.
-const NO_TOKEN: HeaderValue = HeaderValue::from_static("");
 
 const HEADER_PREFIX: usize = 4 + 4 + 1;
 
@@ -112,15 +109,18 @@ impl KeptRequest {
     #[inline]
     pub(crate) fn keep(&mut self, token: HeaderValue, data: Option<Bytes>) {
         if let Some(copy) = self.copy.as_deref_mut() {
-            copy.token = token;
+            copy.token = Some(token);
             copy.data = data;
         }
     }
 
     /// The `Authorization` header the first attempt carried, as given to [`keep`](Self::keep).
     pub(crate) fn token(&self) -> &HeaderValue {
-        static NONE: HeaderValue = NO_TOKEN;
-        self.copy.as_deref().map_or(&NONE, |copy| &copy.token)
+        static NONE: HeaderValue = HeaderValue::from_static("");
+        self.copy
+            .as_deref()
+            .and_then(|copy| copy.token.as_ref())
+            .unwrap_or(&NONE)
     }
 
     /// The body data given to [`keep`](Self::keep).
@@ -209,7 +209,7 @@ fn spare_copy() -> Box<Copied> {
             uri: [None; 3],
             bytes: Vec::new(),
             headers: 0,
-            token: NO_TOKEN,
+            token: None,
             data: None,
         }),
     }
@@ -228,7 +228,7 @@ impl Drop for KeptRequest {
             // field that can own memory, is not worth the cost of resetting on every request).
             copy.bytes.clear();
             copy.extensions = Extensions::new();
-            copy.token = NO_TOKEN;
+            copy.token = None;
             copy.data = None;
             let _ = SPARE.try_with(|spare| spare.set(Some(copy)));
         }
@@ -412,7 +412,7 @@ mod tests {
         drop(kept);
         SPARE.with(|spare| {
             let copy = spare.take().expect("the dropped copy is the spare");
-            assert_eq!(copy.token, "");
+            assert!(copy.token.is_none());
             assert!(copy.data.is_none());
             assert!(copy.extensions.get::<Tag>().is_none());
             assert!(copy.bytes.is_empty());

@@ -198,7 +198,7 @@ impl<B: Body> ReplayBody<B> {
     pub(crate) fn fits(body: &B, cap: usize) -> bool {
         let lower = body.size_hint().lower();
         if lower > cap as u64 && !body.is_end_stream() {
-            tracing::trace!(lower, cap, "not replayable: the body is over the cap");
+            over_cap(lower, cap);
             return false;
         }
         true
@@ -213,6 +213,7 @@ impl<B: Body> ReplayBody<B> {
     ///
     /// The caller wraps the body with `Request::map`, so that the request is moved once on its
     /// way to the inner service, as with retry off.
+    #[inline]
     pub(crate) fn first(
         mut body: B,
         mut kept: KeptRequest,
@@ -228,6 +229,11 @@ impl<B: Body> ReplayBody<B> {
             return (Self { kind }, Replay::Whole(kept));
         }
         kept.keep(token, None);
+        Self::first_streamed(body, kept, cap)
+    }
+
+    /// [`first`](Self::first) for a body that is not whole in memory.
+    fn first_streamed(body: B, kept: KeptRequest, cap: usize) -> (Self, Replay<B>) {
         let hint = body.size_hint();
         let shared = Arc::new(Shared {
             kept,
@@ -250,6 +256,12 @@ impl<B: Body> ReplayBody<B> {
         let first = Kind::First(First::new(Arc::clone(&shared)));
         (Self { kind: first }, Replay::Streamed(shared))
     }
+}
+
+/// Says why a body is not kept (out of line: [`ReplayBody::fits`] runs on every request).
+#[cold]
+fn over_cap(lower: u64, cap: usize) {
+    tracing::trace!(lower, cap, "not replayable: the body is over the cap");
 }
 
 /// The data of a body that is whole in memory, taken out of it: `Some(None)` for a body known
