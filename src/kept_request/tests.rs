@@ -1,11 +1,5 @@
 use super::*;
 
-impl KeptRequest {
-    fn parts(&self) -> &Copied {
-        self.copy.as_deref().unwrap()
-    }
-}
-
 fn round_trip(request: http::Request<()>) {
     let copy = KeptRequest::copy(&request).unwrap();
     let (parts, ()) = request.into_parts();
@@ -61,15 +55,21 @@ fn a_dropped_head_lends_its_buffer_to_the_next_copy_on_its_thread() {
         .body(())
         .unwrap();
     let first = KeptRequest::copy(&request).unwrap();
-    let (copy, buffer) = (first.parts() as *const Copied, first.parts().bytes.as_ptr());
+    let (copy, buffer) = (
+        first.copied() as *const Copied,
+        first.copied().bytes.as_ptr(),
+    );
     drop(first);
     let second = KeptRequest::copy(&request).unwrap();
-    assert_eq!(second.parts() as *const Copied, copy, "reused");
-    assert_eq!(second.parts().bytes.as_ptr(), buffer, "reused");
+    assert_eq!(second.copied() as *const Copied, copy, "reused");
+    assert_eq!(second.copied().bytes.as_ptr(), buffer, "reused");
     assert_eq!(second.to_parts().unwrap().headers["x-a"], "1");
     // Two heads alive at once: the second gets a copy of its own.
     let third = KeptRequest::copy(&request).unwrap();
-    assert_ne!(third.parts().bytes.as_ptr(), second.parts().bytes.as_ptr());
+    assert_ne!(
+        third.copied().bytes.as_ptr(),
+        second.copied().bytes.as_ptr()
+    );
     // A large buffer is freed, not kept for the thread.
     let large = http::Request::get("/")
         .header("cookie", "c".repeat(2 * SPARE_MAX))
@@ -123,7 +123,7 @@ fn a_reused_copy_carries_nothing_of_the_request_before() {
         HeaderValue::from_static("Bearer old"),
         Some(Bytes::from_static(b"old body")),
     );
-    let reused = kept.parts() as *const Copied;
+    let reused = kept.copied() as *const Copied;
     drop(kept);
     let bare = http::Request::builder()
         .method("CONNECT")
@@ -132,7 +132,7 @@ fn a_reused_copy_carries_nothing_of_the_request_before() {
         .body(())
         .unwrap();
     let kept = KeptRequest::copy(&bare).unwrap();
-    assert_eq!(kept.parts() as *const Copied, reused, "the box is reused");
+    assert_eq!(kept.copied() as *const Copied, reused, "the box is reused");
     assert_eq!(kept.token(), "");
     assert!(kept.data().is_none());
     let back = kept.to_parts().unwrap();
@@ -176,6 +176,6 @@ fn the_token_is_not_copied_and_debug_hides_the_headers() {
         .body(())
         .unwrap();
     let copy = KeptRequest::copy(&request).unwrap();
-    assert!(!copy.parts().bytes.windows(11).any(|w| w == b"very-secret"));
+    assert!(!copy.copied().bytes.windows(11).any(|w| w == b"very-secret"));
     assert!(!format!("{copy:?}").contains("also-secret"));
 }
