@@ -1,5 +1,5 @@
-//! `KeptRequest`: what the retry keeps of a request: a compact copy of its head, the token the
-//! first attempt carried, and the data of a body whole in memory.
+//! `KeptRequest`: what the retry keeps of a request: a compact copy of its head, and the data
+//! of a body whole in memory.
 //!
 //! A retry needs the first attempt's method, URI, version, headers and extensions, but the inner
 //! service consumes the request. Cloning `http::request::Parts` is the obvious copy and the
@@ -18,13 +18,14 @@ use std::{cell::Cell, fmt};
 use bytes::Bytes;
 
 use http::{
-    Extensions, HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, header::AUTHORIZATION,
-    request::Parts, uri,
+    Extensions, HeaderMap, HeaderName, HeaderValue, Method, Uri, Version,
+    header::AUTHORIZATION,
+    request::Parts,
+    uri::{self, Scheme},
 };
 
 /// What the retry keeps of a request (see the module documentation): its head without the
-/// `Authorization` header (a retry sets its own), the token that header carried, and the data
-/// of a body whole in memory. One pointer, so that the retry state it goes into is cheap to
+/// `Authorization` header (a retry sets its own), and the data of a body whole in memory. One pointer, so that the retry state it goes into is cheap to
 /// move (the copy itself is over a hundred bytes).
 pub(crate) struct KeptRequest {
     /// `None` only while it is dropped (the box then goes back to the thread's spare slot).
@@ -41,8 +42,6 @@ struct Copied {
     /// name, value.
     bytes: Vec<u8>,
     headers: usize,
-    /// The `Authorization` header the first attempt carried (see [`KeptRequest::keep`]).
-    token: Option<HeaderValue>,
     /// The data of a body whole in memory (see [`KeptRequest::keep`]).
     data: Option<Bytes>,
 }
@@ -102,25 +101,16 @@ impl KeptRequest {
         Some(Self { copy: Some(copy) })
     }
 
-    /// Keeps, with the head, the `Authorization` header the first attempt carries (a fresh
-    /// token equal to it is no reason to retry) and, for a body whole in memory, its data: in
-    /// the same allocation, so that a request whose body needs no shared state (see
-    /// `ReplayBody::first`) keeps everything for its retry in one pointer.
+    /// Keeps, with the head, the data of a body whole in memory: in the same allocation, so
+    /// that a request whose body needs no shared state (see `ReplayBody::first`) keeps
+    /// everything for its retry in one pointer.
     #[inline]
-    pub(crate) fn keep(&mut self, token: HeaderValue, data: Option<Bytes>) {
+    pub(crate) fn keep(&mut self, data: Option<Bytes>) {
         // No `expect` here, unlike `copied`: this runs on every request, and a panic path cost 11
         // instructions there; the copy is always present outside `drop`.
         if let Some(copy) = self.copy.as_deref_mut() {
-            copy.token = Some(token);
             copy.data = data;
         }
-    }
-
-    /// The `Authorization` header the first attempt carried, as given to [`keep`](Self::keep)
-    /// (empty if it was not).
-    pub(crate) fn token(&self) -> &HeaderValue {
-        static NONE: HeaderValue = HeaderValue::from_static("");
-        self.copied().token.as_ref().unwrap_or(&NONE)
     }
 
     /// The body data given to [`keep`](Self::keep).
@@ -213,7 +203,6 @@ fn spare_copy() -> Box<Copied> {
             uri: [None; 3],
             bytes: Vec::new(),
             headers: 0,
-            token: None,
             data: None,
         }),
     }
@@ -227,12 +216,11 @@ impl Drop for KeptRequest {
         };
         if copy.bytes.capacity() <= SPARE_MAX {
             // Cleared, not zeroed: what it held is no more exposed than freed memory is. The
-            // caller's extensions, the token and the body go now, not when the copy is next
+            // caller's extensions and the body go now, not when the copy is next
             // used; the rest is overwritten then (a method name over 15 bytes, the one other
             // field that can own memory, is not worth the cost of resetting on every request).
             copy.bytes.clear();
             copy.extensions = Extensions::new();
-            copy.token = None;
             copy.data = None;
             let _ = SPARE.try_with(|spare| spare.set(Some(copy)));
         }

@@ -17,9 +17,9 @@
 //!
 //! # Shared state (streamed bodies)
 //! A [`Replay`] (held by the response future) and the attempt bodies share one allocation: the
-//! [`KeptRequest`] (a pointer to the retry's copy of the request head, with the token the first
-//! attempt carried, in a box reused from request to request), and a [`BodyState`] behind a
-//! lock: the kept frames, the trailers, and the unread rest of the caller's body.
+//! [`KeptRequest`] (a pointer to the retry's copy of the request head, in a box reused from
+//! request to request), and a [`BodyState`] behind a lock: the kept frames, the trailers, and
+//! the unread rest of the caller's body.
 //!
 //! The first attempt streams the caller's body from that state, under the lock, and keeps its
 //! frames there. The lock is uncontended (the retry reads the state only once the first attempt
@@ -51,7 +51,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use tokio::sync::Notify;
@@ -103,8 +103,7 @@ enum Kind<B> {
 }
 
 pub(crate) struct Shared<B> {
-    /// The request head for the retry (its `Authorization` is replaced then), with the token
-    /// the first attempt carried.
+    /// The request head for the retry (its `Authorization` is replaced then).
     kept: KeptRequest,
     cap: usize,
     /// The caller's body declared its exact size when it was wrapped. A retry reports an exact
@@ -206,29 +205,22 @@ impl<B: Body> ReplayBody<B> {
 
     /// Wraps `body` (which [`fits`](Self::fits) `cap`) for a first attempt that may be
     /// replayed once, keeping up to `cap` bytes, with `kept`, the copy of the request head for
-    /// the retry, and `token`, the header the first attempt carries (a fresh token equal to it
-    /// is no use), which is kept with it. For a streamed body, the first attempt's body and the
-    /// retry's handle share one allocation; a body whole in memory shares nothing, and its data
-    /// is kept with the head.
+    /// the retry. For a streamed body, the first attempt's body and the retry's handle share
+    /// one allocation; a body whole in memory shares nothing, and its data is kept with the
+    /// head.
     ///
     /// The caller wraps the body with `Request::map`, so that the request is moved once on its
     /// way to the inner service, as with retry off.
     #[inline]
-    pub(crate) fn first(
-        mut body: B,
-        mut kept: KeptRequest,
-        token: HeaderValue,
-        cap: usize,
-    ) -> (Self, Replay<B>)
+    pub(crate) fn first(mut body: B, mut kept: KeptRequest, cap: usize) -> (Self, Replay<B>)
     where
         B: 'static,
     {
         if let Some(data) = whole(&mut body) {
             let kind = Kind::Whole(data.clone());
-            kept.keep(token, data);
+            kept.keep(data);
             return (Self { kind }, Replay::Whole(kept));
         }
-        kept.keep(token, None);
         Self::first_streamed(body, kept, cap)
     }
 
@@ -295,17 +287,12 @@ impl<B> Shared<B> {
 }
 
 impl<B> Replay<B> {
-    /// What was kept of the request to send again (its head, and the token it carried).
+    /// What was kept of the request to send again.
     pub(crate) fn request(&self) -> &KeptRequest {
         match self {
             Replay::Streamed(shared) => &shared.kept,
             Replay::Whole(kept) => kept,
         }
-    }
-
-    /// The `Authorization` header the first attempt carried.
-    pub(crate) fn token(&self) -> &HeaderValue {
-        self.request().token()
     }
 
     /// The body for the retry, if the first attempt has let go of it and it can be replayed.

@@ -255,7 +255,7 @@ where
         };
         let mut replay = None;
         let request = request.map(|body| {
-            let (body, handle) = ReplayBody::first(body, kept, lease.header.clone(), cap);
+            let (body, handle) = ReplayBody::first(body, kept, cap);
             replay = Some(handle);
             body
         });

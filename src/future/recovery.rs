@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use http::Request;
+use http::{HeaderValue, Request};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -28,6 +28,10 @@ pub(crate) struct Recovery<R, S, B> {
     pub(super) refusal: Option<R>,
     /// A fresh clone of the inner service, made when the retry is about to be sent.
     pub(super) service: Option<S>,
+    /// The header value of the refused token, looked up in the cache by its generation (`None`
+    /// if the cache has made many tokens since): a fresh token equal to it is no reason to
+    /// retry, whatever its generation.
+    refused_header: Option<HeaderValue>,
     step: Step<B>,
 }
 
@@ -64,6 +68,7 @@ where
             retry,
             refusal: Some(refused),
             service: None,
+            refused_header: None,
             step: Step::Refused,
         }
     }
@@ -75,6 +80,7 @@ where
             match &mut self.step {
                 Step::Refused => {
                     let cache = &self.retry.core.cache;
+                    self.refused_header = cache.header_of_generation(self.retry.refused);
                     cache.invalidate_generation(self.retry.refused);
                     let fresh = match cache.acquire() {
                         Acquire::Ready(lease) => Ok(lease),
@@ -143,7 +149,7 @@ where
     /// retry goes on.
     fn got_token(&mut self, fresh: Result<Lease, TokenError>) -> bool {
         match fresh {
-            Ok(lease) if lease.header != self.retry.replay.token() => {
+            Ok(lease) if !self.is_refused_token(&lease) => {
                 self.step = Step::Body { lease, wait: None };
                 return true;
             }
@@ -157,6 +163,13 @@ where
         false
     }
 
+    /// Whether `lease` carries the refused token: the same entry of the cache, or a later one
+    /// with the same value (a token endpoint may answer with the token it gave before).
+    fn is_refused_token(&self, lease: &Lease) -> bool {
+        lease.generation == self.retry.refused
+            || self.refused_header.as_ref() == Some(&lease.header)
+    }
+
     /// The retry with a token that may still be used: the clone may have kept it waiting long
     /// (a `ConcurrencyLimit` held by slow requests), and a token known to be dead is never
     /// sent. Takes the cache's token then, or keeps this one while its time is not up; `None`
@@ -168,7 +181,7 @@ where
         }
         match cache.renew(&lease) {
             Ok(None) => Some((request, lease)),
-            Ok(Some(fresh)) if fresh.header != self.retry.replay.token() => {
+            Ok(Some(fresh)) if !self.is_refused_token(&fresh) => {
                 let headers = request.headers_mut();
                 headers.insert(http::header::AUTHORIZATION, fresh.header.clone());
                 Some((request, fresh))

@@ -119,10 +119,7 @@ fn a_reused_copy_carries_nothing_of_the_request_before() {
         .unwrap();
     full.extensions_mut().insert(Tag);
     let mut kept = KeptRequest::copy(&full).unwrap();
-    kept.keep(
-        HeaderValue::from_static("Bearer old"),
-        Some(Bytes::from_static(b"old body")),
-    );
+    kept.keep(Some(Bytes::from_static(b"old body")));
     let reused = kept.copied() as *const Copied;
     drop(kept);
     let bare = http::Request::builder()
@@ -133,7 +130,6 @@ fn a_reused_copy_carries_nothing_of_the_request_before() {
         .unwrap();
     let kept = KeptRequest::copy(&bare).unwrap();
     assert_eq!(kept.copied() as *const Copied, reused, "the box is reused");
-    assert_eq!(kept.token(), "");
     assert!(kept.data().is_none());
     let back = kept.to_parts().unwrap();
     assert_eq!(back.method, Method::CONNECT);
@@ -145,22 +141,17 @@ fn a_reused_copy_carries_nothing_of_the_request_before() {
 }
 
 #[test]
-fn a_spare_copy_keeps_no_token_no_body_and_no_extensions() {
+fn a_spare_copy_keeps_no_body_and_no_extensions() {
     #[derive(Clone)]
     struct Tag;
     let mut request = http::Request::get("/").body(()).unwrap();
     request.extensions_mut().insert(Tag);
     let mut kept = KeptRequest::copy(&request).unwrap();
-    kept.keep(
-        HeaderValue::from_static("Bearer kept"),
-        Some(Bytes::from_static(b"body")),
-    );
-    assert_eq!(kept.token(), "Bearer kept");
+    kept.keep(Some(Bytes::from_static(b"body")));
     assert_eq!(kept.data().map(|d| &d[..]), Some(&b"body"[..]));
     drop(kept);
     SPARE.with(|spare| {
         let copy = spare.take().expect("the dropped copy is the spare");
-        assert!(copy.token.is_none());
         assert!(copy.data.is_none());
         assert!(copy.extensions.get::<Tag>().is_none());
         assert!(copy.bytes.is_empty());

@@ -6,6 +6,7 @@ mod event;
 mod flight;
 mod intern;
 mod local;
+mod recent;
 mod refusal;
 mod registry;
 mod schedule;
@@ -287,6 +288,12 @@ impl TokenCache {
     /// The layer's refusal counters.
     pub(crate) fn refusals(&self) -> &RefusalCounters {
         &self.shared.refusals
+    }
+
+    /// The header value of the token of `generation`, if it is one of the last few this cache
+    /// made (see `recent.rs`): for a refused request, whose fresh token must differ from it.
+    pub(crate) fn header_of_generation(&self, generation: u64) -> Option<HeaderValue> {
+        self.shared.lock().recent.header_of(generation)
     }
 
     /// Like [`invalidate`](Self::invalidate), for the token a [`Lease`] with this generation

@@ -67,6 +67,7 @@ use super::{
     alarm::Alarm,
     event::{self, Event},
     flight::{DynSource, Flight, FlightResult, RunningFlight},
+    recent::RecentTokens,
     refusal::RefusalCounters,
     schedule::{Entry, Origin, asked_wait},
 };
@@ -92,6 +93,8 @@ pub(super) struct Control {
     pub(super) entry: Option<Arc<Entry>>,
     /// The generation of the newest entry ever made.
     pub(super) generation: u64,
+    /// The header values of the last entries made, by generation.
+    pub(super) recent: RecentTokens,
     pub(super) flight: Option<RunningFlight>,
     /// Consecutive failed fetches.
     pub(super) failures: u32,
@@ -149,6 +152,7 @@ impl Shared {
             control: Mutex::new(Control {
                 entry: None,
                 generation: 0,
+                recent: RecentTokens::default(),
                 flight: None,
                 failures: 0,
                 last_error: None,
@@ -318,6 +322,7 @@ impl Shared {
             Ok(token) => {
                 control.generation += 1;
                 let entry = Arc::new(self.schedule(&mut control, token, origin, now));
+                control.recent.record(entry.generation, &entry.header);
                 let cached = Event::Cached {
                     generation: entry.generation,
                     refresh_in: entry.refresh_at - now,
