@@ -36,7 +36,11 @@ struct Copied {
     method: Method,
     version: Version,
     extensions: Extensions,
-    /// Scheme, authority and path-and-query, as `(start, end)` in `bytes`; `None` if absent.
+    /// The URI's scheme if it is `http` or `https`: kept as it is, as it owns no memory (any
+    /// other scheme is copied to `bytes`).
+    standard_scheme: Option<Scheme>,
+    /// Scheme (unless standard), authority and path-and-query, as `(start, end)` in `bytes`;
+    /// `None` if absent.
     uri: [Option<(u32, u32)>; 3],
     /// The URI parts, then per header: name length (u32), value length (u32), sensitive (u8),
     /// name, value.
@@ -54,8 +58,14 @@ impl KeptRequest {
     #[inline]
     pub(crate) fn copy<B>(request: &http::Request<B>) -> Option<Self> {
         let uri = request.uri();
+        let scheme = uri.scheme_str();
+        let standard_scheme = match scheme {
+            Some("http") => Some(Scheme::HTTP),
+            Some("https") => Some(Scheme::HTTPS),
+            _ => None,
+        };
         let uri_parts = [
-            uri.scheme_str(),
+            scheme.filter(|_| standard_scheme.is_none()),
             uri.authority().map(uri::Authority::as_str),
             uri.path_and_query().map(uri::PathAndQuery::as_str),
         ];
@@ -95,6 +105,7 @@ impl KeptRequest {
             return None;
         }
         copy.headers = copied;
+        copy.standard_scheme = standard_scheme;
         copy.method = request.method().clone();
         copy.version = request.version();
         copy.extensions = request.extensions().clone();
@@ -167,7 +178,9 @@ impl Copied {
         let part =
             |i: usize| self.uri[i].map(|(start, end)| &self.bytes[start as usize..end as usize]);
         let mut builder = Uri::builder();
-        if let Some(scheme) = part(0) {
+        if let Some(scheme) = &self.standard_scheme {
+            builder = builder.scheme(scheme.clone());
+        } else if let Some(scheme) = part(0) {
             builder = builder.scheme(scheme);
         }
         if let Some(authority) = part(1) {
@@ -200,6 +213,7 @@ fn spare_copy() -> Box<Copied> {
             method: Method::GET,
             version: Version::HTTP_11,
             extensions: Extensions::new(),
+            standard_scheme: None,
             uri: [None; 3],
             bytes: Vec::new(),
             headers: 0,

@@ -46,6 +46,24 @@ fn heads_survive_the_round_trip() {
             .unwrap(),
     );
     round_trip(http::Request::get("/").body(()).unwrap());
+    // The standard schemes are kept as they are, any other is copied.
+    round_trip(http::Request::get("http://a.example/").body(()).unwrap());
+    round_trip(http::Request::get("HTTPS://a.example/").body(()).unwrap());
+    round_trip(
+        http::Request::get("besender+unix://a.example/x")
+            .body(())
+            .unwrap(),
+    );
+}
+
+#[test]
+fn a_reused_copy_takes_the_scheme_of_its_own_request() {
+    let kept = KeptRequest::copy(&http::Request::get("https://a.example/").body(()).unwrap());
+    drop(kept);
+    let other = http::Request::get("custom://b.example/y").body(()).unwrap();
+    let back = KeptRequest::copy(&other).unwrap().to_parts().unwrap();
+    assert_eq!(back.uri.scheme_str(), Some("custom"));
+    assert_eq!(back.uri, *other.uri());
 }
 
 #[test]
