@@ -97,13 +97,14 @@ impl OnRefusal {
     }
 }
 
-/// What a retry needs, kept from `call`: four words, as the head, the body and the refused
-/// token's header live behind the replay's one pointer (the shared state of a streamed body,
-/// or the `KeptRequest` of a body whole in memory).
+/// What a retry needs, kept from `call`: four words, as the head and the body live behind the
+/// replay's one pointer (the shared state of a streamed body, or the `KeptRequest` of a body
+/// whole in memory).
 pub(crate) struct Retry<S, B> {
     /// The request head and body to send again.
     replay: Replay<B>,
-    /// The generation of the token the first attempt carried.
+    /// The generation of the token the first attempt carried: all that is kept of it, as the
+    /// cache looks its value up on refusal (see `Recovery`).
     refused: u64,
     core: Arc<Core<S>>,
 }
