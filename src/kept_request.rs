@@ -25,8 +25,9 @@ use http::{
 };
 
 /// What the retry keeps of a request (see the module documentation): its head without the
-/// `Authorization` header (a retry sets its own), and the data of a body whole in memory. One pointer, so that the retry state it goes into is cheap to
-/// move (the copy itself is over a hundred bytes).
+/// `Authorization` header (a retry sets its own), and the data of a body whole in memory. One
+/// pointer, so that the retry state it goes into is cheap to move (the copy itself is over a
+/// hundred bytes).
 pub(crate) struct KeptRequest {
     /// `None` only while it is dropped (the box then goes back to the thread's spare slot).
     copy: Option<Box<Copied>>,
@@ -117,8 +118,8 @@ impl KeptRequest {
     /// everything for its retry in one pointer.
     #[inline]
     pub(crate) fn keep(&mut self, data: Option<Bytes>) {
-        // No `expect` here, unlike `copied`: this runs on every request, and a panic path cost 11
-        // instructions there; the copy is always present outside `drop`.
+        // No `expect` here, unlike `copied`: this runs on every request with a whole body, and
+        // a panic path cost 11 instructions there; the copy is always present outside `drop`.
         if let Some(copy) = self.copy.as_deref_mut() {
             copy.data = data;
         }
@@ -230,9 +231,9 @@ impl Drop for KeptRequest {
         };
         if copy.bytes.capacity() <= SPARE_MAX {
             // Cleared, not zeroed: what it held is no more exposed than freed memory is. The
-            // caller's extensions and the body go now, not when the copy is next
-            // used; the rest is overwritten then (a method name over 15 bytes, the one other
-            // field that can own memory, is not worth the cost of resetting on every request).
+            // caller's extensions and the body go now, not when the copy is next used; the
+            // rest is overwritten then (a method name over 15 bytes, the one other field that
+            // can own memory, is not worth the cost of resetting on every request).
             copy.bytes.clear();
             copy.extensions = Extensions::new();
             copy.data = None;
