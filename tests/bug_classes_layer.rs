@@ -29,11 +29,23 @@ const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 type Body = Empty<Bytes>;
 
-/// An API that refuses `token-1`; the first request it receives is held until `release`.
+/// An API that refuses the header value `refused`; the first request it receives is held until
+/// `release`.
 #[derive(Clone)]
 struct HoldFirst {
     seen: Arc<Mutex<Vec<String>>>,
     release: Arc<Notify>,
+    refused: &'static str,
+}
+
+impl HoldFirst {
+    fn refusing(refused: &'static str) -> Self {
+        Self {
+            seen: Arc::default(),
+            release: Arc::new(Notify::new()),
+            refused,
+        }
+    }
 }
 
 impl Service<Request<ReplayBody<Body>>> for HoldFirst {
@@ -61,12 +73,13 @@ impl Service<Request<ReplayBody<Body>>> for HoldFirst {
             seen.len() == 1
         };
         let release = Arc::clone(&self.release);
+        let refused = token == self.refused;
         Box::pin(async move {
             if first {
                 release.notified().await;
             }
             let mut response = Response::new(());
-            if token == "Bearer token-1" {
+            if refused {
                 *response.status_mut() = StatusCode::UNAUTHORIZED;
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -117,10 +130,7 @@ impl Service<Request<ReplayBody<Body>>> for RefuseAll {
 async fn a_late_401_for_the_old_token_keeps_the_fresh_token() {
     let source = TestSource::new(DAY, Duration::ZERO);
     let layer = BesenderAuthLayer::new(source.source());
-    let api = HoldFirst {
-        seen: Arc::default(),
-        release: Arc::new(Notify::new()),
-    };
+    let api = HoldFirst::refusing("Bearer token-1");
     let service = layer.layer(api.clone());
     let late = tokio::spawn(service.clone().oneshot(get()));
     settle().await;
@@ -170,6 +180,42 @@ async fn a_refresh_that_returns_the_same_token_text_is_not_retried() {
     );
     let stats = layer.stats();
     assert_eq!((stats.retries, stats.not_retried_no_new_token), (0, 1));
+}
+
+/// The same, for a refusal that comes back late: by then another request's refusal has made the
+/// cache fetch again, and the fetch gave the same text under a new generation. The late refusal
+/// is of an older generation than the cache's, yet its fresh token is the refused one: no retry
+/// (the cache still knows the older generation's value).
+#[tokio::test(start_paused = true)]
+async fn a_late_refusal_whose_token_came_back_the_same_from_a_refresh_is_not_retried() {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&fetches);
+    let layer = BesenderAuthLayer::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, SourceDown>(Token::bearer("always-the-same", DAY)) }
+    });
+    let api = HoldFirst::refusing("Bearer always-the-same");
+    let service = layer.layer(api.clone());
+    let late = tokio::spawn(service.clone().oneshot(get()));
+    settle().await;
+    assert_eq!(api.seen.lock().unwrap().len(), 1, "held");
+
+    // Refused, refreshed to the same text: not retried.
+    let response = service.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+
+    api.release.notify_one();
+    let response = late.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.seen.lock().unwrap().len(),
+        2,
+        "the late refusal was retried"
+    );
+    let stats = layer.stats();
+    assert_eq!((stats.retries, stats.not_retried_no_new_token), (0, 2));
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
 }
 
 /// ANCHORS "tokens in logs" (Azure #1699, kittycad #1041): `Debug` of every value of ours that
