@@ -182,40 +182,59 @@ async fn a_refresh_that_returns_the_same_token_text_is_not_retried() {
     assert_eq!((stats.retries, stats.not_retried_no_new_token), (0, 1));
 }
 
-/// The same, for a refusal that comes back late: by then another request's refusal has made the
-/// cache fetch again, and the fetch gave the same text under a new generation. The late refusal
+/// The same, for a refusal that comes back late: by then other requests' refusals have made the
+/// cache fetch again, and each fetch gave the same text under a new generation. The late refusal
 /// is of an older generation than the cache's, yet its fresh token is the refused one: no retry
 /// (the cache still knows the older generation's value).
 #[tokio::test(start_paused = true)]
 async fn a_late_refusal_whose_token_came_back_the_same_from_a_refresh_is_not_retried() {
+    late_refusal_after_same_text_refreshes(1, None).await;
+}
+
+/// As above, after many such refreshes in a row, which nothing rate-limits with a zero
+/// forced-refresh interval: the same text, refreshed again and again, is still remembered.
+#[tokio::test(start_paused = true)]
+async fn a_late_refusal_is_not_retried_after_many_refreshes_to_the_same_text() {
+    late_refusal_after_same_text_refreshes(20, Some(Duration::ZERO)).await;
+}
+
+/// One request held by the API while `refusals` others are refused and refresh the token (to
+/// the same text each time), then the held one refused.
+async fn late_refusal_after_same_text_refreshes(refusals: u64, interval: Option<Duration>) {
     let fetches = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&fetches);
-    let layer = BesenderAuthLayer::new(move || {
+    let mut cache = TokenCache::builder(move || {
         counter.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, SourceDown>(Token::bearer("always-the-same", DAY)) }
     });
+    if let Some(interval) = interval {
+        cache = cache.min_forced_refresh_interval(interval);
+    }
+    let layer = BesenderAuthLayer::from_cache(cache.build());
     let api = HoldFirst::refusing("Bearer always-the-same");
     let service = layer.layer(api.clone());
     let late = tokio::spawn(service.clone().oneshot(get()));
     settle().await;
     assert_eq!(api.seen.lock().unwrap().len(), 1, "held");
 
-    // Refused, refreshed to the same text: not retried.
-    let response = service.clone().oneshot(get()).await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    // Each refused, refreshed to the same text: not retried.
+    for _ in 0..refusals {
+        let response = service.clone().oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1 + refusals);
 
     api.release.notify_one();
     let response = late.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        api.seen.lock().unwrap().len(),
-        2,
-        "the late refusal was retried"
-    );
+    let sent = api.seen.lock().unwrap().len() as u64;
+    assert_eq!(sent, 1 + refusals, "the late refusal was retried");
     let stats = layer.stats();
-    assert_eq!((stats.retries, stats.not_retried_no_new_token), (0, 2));
-    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        (stats.retries, stats.not_retried_no_new_token),
+        (0, 1 + refusals)
+    );
+    assert_eq!(fetches.load(Ordering::SeqCst), 1 + refusals);
 }
 
 /// ANCHORS "tokens in logs" (Azure #1699, kittycad #1041): `Debug` of every value of ours that

@@ -461,7 +461,6 @@ async fn a_streamed_body_of_exactly_the_cap_is_replayed_and_one_byte_more_is_not
         let (mut first, replay) = replayable(body, cap);
         let replay = replay.unwrap();
         assert!(matches!(replay, Replay::Streamed(_)));
-        // A fresh token equal to this one is no reason to retry: it must be kept.
         assert_eq!(read(&mut first, usize::MAX).await.0, b"abcdef");
         drop(first);
         match replay.take() {
