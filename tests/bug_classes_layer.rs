@@ -97,6 +97,18 @@ fn get() -> Request<Body> {
         .unwrap()
 }
 
+/// A token source that answers every fetch with the same text, `Bearer always-the-same`,
+/// counting its fetches in `fetches`.
+fn same_text_source(
+    fetches: &Arc<AtomicU64>,
+) -> impl Fn() -> std::future::Ready<Result<Token, SourceDown>> + Send + Sync + 'static {
+    let fetches = Arc::clone(fetches);
+    move || {
+        fetches.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Token::bearer("always-the-same", DAY)))
+    }
+}
+
 /// An API that refuses every request.
 #[derive(Clone, Default)]
 struct RefuseAll {
@@ -163,11 +175,7 @@ async fn a_late_401_for_the_old_token_keeps_the_fresh_token() {
 #[tokio::test(start_paused = true)]
 async fn a_refresh_that_returns_the_same_token_text_is_not_retried() {
     let fetches = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&fetches);
-    let layer = BesenderAuthLayer::new(move || {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, SourceDown>(Token::bearer("always-the-same", DAY)) }
-    });
+    let layer = BesenderAuthLayer::new(same_text_source(&fetches));
     let api = RefuseAll::default();
     let service = layer.layer(api.clone());
     let response = service.clone().oneshot(get()).await.unwrap();
@@ -202,11 +210,7 @@ async fn a_late_refusal_is_not_retried_after_many_refreshes_to_the_same_text() {
 /// the same text each time), then the held one refused.
 async fn late_refusal_after_same_text_refreshes(refusals: u64, interval: Option<Duration>) {
     let fetches = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&fetches);
-    let mut cache = TokenCache::builder(move || {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, SourceDown>(Token::bearer("always-the-same", DAY)) }
-    });
+    let mut cache = TokenCache::builder(same_text_source(&fetches));
     if let Some(interval) = interval {
         cache = cache.min_forced_refresh_interval(interval);
     }

@@ -93,7 +93,7 @@ pub(super) struct Control {
     pub(super) entry: Option<Arc<Entry>>,
     /// The generation of the newest entry ever made.
     pub(super) generation: u64,
-    /// The header values of the last entries made, by generation.
+    /// The header values of the last entries made, as runs of generations with the same text.
     pub(super) recent: RecentTokens,
     pub(super) flight: Option<RunningFlight>,
     /// Consecutive failed fetches.
