@@ -71,12 +71,11 @@ fn valid(shared: &Shared) -> Option<Valid> {
 /// the clock.
 #[inline]
 pub(super) fn is_usable(shared: &Shared, lease: &Lease) -> bool {
-    match valid(shared) {
-        Some(valid) if valid.generation == lease.generation => {
-            !valid.clock || clock_allows(shared, lease.usable_until)
-        }
-        _ => false,
-    }
+    let state = shared.state.load(Ordering::Acquire);
+    // The state word of `lease`'s generation with no flag set: the usual answer, in one
+    // comparison (generations come from state words, so the shift loses no bit).
+    let plain = lease.generation << GENERATION_SHIFT;
+    state == plain || (state == plain | CLOCK && clock_allows(shared, lease.usable_until))
 }
 
 /// Under `CLOCK`: whether the clock is before both the instant the alarm is due and the
