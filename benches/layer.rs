@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use besender_auth::{BesenderAuth, BesenderAuthLayer, Token};
+use besender_auth::{BesenderAuth, BesenderAuthLayer, NoRetry, Token};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group};
 use http::{Request, Response};
@@ -35,6 +35,9 @@ struct Noop<M = ()>(std::marker::PhantomData<M>);
 
 #[derive(Clone, Copy, Default)]
 struct RetryOn;
+
+#[derive(Clone, Copy, Default)]
+struct WithoutRetry;
 
 impl<B, M> Service<Request<B>> for Noop<M> {
     type Response = Response<()>;
@@ -74,6 +77,10 @@ fn request() -> Request<Full<Bytes>> {
 }
 
 /// `poll_ready`, `call`, and the response future to completion: what a client does per request.
+/// Never inlined, so that every configuration runs the same harness code around its service
+/// (left to itself, the compiler inlined it into some configurations' loops and not others': a
+/// copy of the request and a call more for those).
+#[inline(never)]
 fn one_call<S, B>(service: &mut S, request: Request<B>) -> Response<()>
 where
     S: Service<Request<B>, Response = Response<()>>,
@@ -123,6 +130,7 @@ struct Subjects {
     baseline: AddAuthorization<Noop>,
     retry_off: BesenderAuth<Noop>,
     retry_on: BesenderAuth<Noop<RetryOn>>,
+    without_retry: BesenderAuth<Noop<WithoutRetry>, NoRetry>,
 }
 
 /// The token is fetched, and the cache's alarms run, on a multi-thread runtime, as in a server
@@ -150,6 +158,7 @@ fn subjects() -> Subjects {
     Subjects {
         baseline: AddAuthorization::bearer(Noop::default(), TOKEN).as_sensitive(true),
         retry_off: layer.clone().retry(false).layer(Noop::default()),
+        without_retry: layer.clone().without_retry().layer(Noop::default()),
         retry_on: layer.layer(Noop::default()),
         _runtime: runtime,
     }
@@ -164,7 +173,10 @@ fn per_call(c: &mut Criterion) {
     group.bench_function("tower-http AddAuthorization (baseline)", |b| {
         b.iter_custom(|iters| timed_calls(&mut s.baseline, iters))
     });
-    group.bench_function("BesenderAuth retry off", |b| {
+    group.bench_function("BesenderAuth without_retry", |b| {
+        b.iter_custom(|iters| timed_calls(&mut s.without_retry, iters))
+    });
+    group.bench_function("BesenderAuth retry(false)", |b| {
         b.iter_custom(|iters| timed_calls(&mut s.retry_off, iters))
     });
     group.bench_function("BesenderAuth retry on", |b| {
@@ -178,26 +190,30 @@ fn per_call(c: &mut Criterion) {
 fn paired_ratios() {
     const ROUNDS: usize = 15;
     const CALLS: u64 = 40_000;
+    const NAMES: [&str; 3] = ["without_retry()", "retry(false)", "retry on"];
     let mut s = subjects();
-    let mut off = Vec::with_capacity(ROUNDS);
-    let mut on = Vec::with_capacity(ROUNDS);
+    let mut ratios: [Vec<f64>; 3] = Default::default();
     let mut base_ns = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
-        // Alternate the order, so neither side always runs first.
-        let (b, f, n) = if round % 2 == 0 {
-            let b = timed_calls(&mut s.baseline, CALLS);
-            let f = timed_calls(&mut s.retry_off, CALLS);
-            let n = timed_calls(&mut s.retry_on, CALLS);
-            (b, f, n)
-        } else {
-            let n = timed_calls(&mut s.retry_on, CALLS);
-            let f = timed_calls(&mut s.retry_off, CALLS);
-            let b = timed_calls(&mut s.baseline, CALLS);
-            (b, f, n)
+        // Alternate the order, so that no configuration always runs first.
+        let mut times = [Duration::ZERO; 4];
+        let mut run = |i: usize| {
+            times[i] = match i {
+                0 => timed_calls(&mut s.baseline, CALLS),
+                1 => timed_calls(&mut s.without_retry, CALLS),
+                2 => timed_calls(&mut s.retry_off, CALLS),
+                _ => timed_calls(&mut s.retry_on, CALLS),
+            }
         };
-        base_ns.push(b.as_nanos() as f64 / CALLS as f64);
-        off.push(f.as_secs_f64() / b.as_secs_f64());
-        on.push(n.as_secs_f64() / b.as_secs_f64());
+        if round % 2 == 0 {
+            (0..4).for_each(&mut run);
+        } else {
+            (0..4).rev().for_each(&mut run);
+        }
+        base_ns.push(times[0].as_nanos() as f64 / CALLS as f64);
+        for (ratio, time) in ratios.iter_mut().zip(&times[1..]) {
+            ratio.push(time.as_secs_f64() / times[0].as_secs_f64());
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -208,8 +224,9 @@ fn paired_ratios() {
         "\nper_call paired ratios vs AddAuthorization ({ROUNDS} interleaved rounds of {CALLS} calls, {headers} headers):"
     );
     println!("  baseline median: {:.1} ns/call", median(&mut base_ns));
-    println!("  retry off: median {:.3}x", median(&mut off));
-    println!("  retry on:  median {:.3}x", median(&mut on));
+    for (name, ratio) in NAMES.iter().zip(&mut ratios) {
+        println!("  {name:<16} median {:.3}x", median(ratio));
+    }
 }
 
 criterion_group! {
@@ -241,6 +258,7 @@ counted!(calls_bare);
 counted!(calls_add_authorization);
 counted!(calls_retry_off);
 counted!(calls_retry_on);
+counted!(calls_without_retry);
 
 /// With `LAYER_BENCH_INSTRUCTIONS=1`: 10,000 calls of each configuration and nothing else, for
 /// `valgrind --tool=callgrind`, whose instruction counts (unlike times) repeat exactly. With
@@ -259,6 +277,7 @@ fn instruction_counts(rounds: usize) {
         batches().for_each(|r| calls_add_authorization(&mut s.baseline, r));
         batches().for_each(|r| calls_retry_off(&mut s.retry_off, r));
         batches().for_each(|r| calls_retry_on(&mut s.retry_on, r));
+        batches().for_each(|r| calls_without_retry(&mut s.without_retry, r));
     }
 }
 
