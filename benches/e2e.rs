@@ -9,7 +9,8 @@
 //! of 60 pairs is reported with the middle half of the pair ratios. Each pair builds both clients
 //! afresh, in its own order, and warms them before timing them (see `pairs_row`).
 //!
-//! `E2E_RETRY=0` measures the layer with retry off; `E2E_PROTO=h1` or `E2E_PROTO=h2c` runs one
+//! `E2E_RETRY=0` measures the layer with `.retry(false)`, `E2E_RETRY=none` with
+//! `.without_retry()` (not with `E2E_ONLY`); `E2E_PROTO=h1` or `E2E_PROTO=h2c` runs one
 //! protocol; `E2E_PAIRS` and `E2E_REQUESTS` (per run) change the sample; `E2E_ONLY=baseline` or
 //! `E2E_ONLY=layer` runs one side alone, for a profiler or `strace -c` (both send the same bytes
 //! and make the same syscalls per request); `E2E_DEBUG=1` prints each run's rate and new
@@ -257,8 +258,11 @@ fn main() {
         let pairs = setting("E2E_PAIRS", PAIRS).max(1);
         println!("| protocol | AddAuthorization req/s (median) | BesenderAuth req/s (median) | throughput ratio (median of {pairs} pairs) | middle half of the pair ratios | CPU per request, baseline over ours (median) |");
         println!("|---|---|---|---|---|---|");
-        // E2E_RETRY=0 measures the layer with retry off; E2E_PROTO=h1 or h2c runs one protocol.
-        let retry = std::env::var("E2E_RETRY").map_or(true, |v| v != "0");
+        // E2E_RETRY=0 measures the layer with `.retry(false)`, E2E_RETRY=none with
+        // `.without_retry()`; E2E_PROTO=h1 or h2c runs one protocol.
+        let retry_setting = std::env::var("E2E_RETRY");
+        let retry = retry_setting.as_deref().map_or(true, |v| v != "0" && v != "none");
+        let without_retry = retry_setting.as_deref() == Ok("none");
         let protocols: &[bool] = match std::env::var("E2E_PROTO").as_deref() {
             Ok("h1") => &[false],
             Ok("h2c") => &[true],
@@ -301,6 +305,9 @@ fn main() {
                 pairs_row(label, baseline, wrapped, &url, &body, requests, pairs).await;
             } else if std::env::var_os("E2E_AA").is_some() {
                 pairs_row(label, baseline, baseline, &url, &body, requests, pairs).await;
+            } else if without_retry {
+                let ours = || layer.clone().without_retry().layer(client(h2));
+                pairs_row(label, baseline, ours, &url, &body, requests, pairs).await;
             } else {
                 pairs_row(label, baseline, ours, &url, &body, requests, pairs).await;
             }

@@ -12,6 +12,7 @@
 //!                    Retrying ──response──> done (never a second retry)
 //! ```
 
+mod no_retry;
 mod recovery;
 
 use std::{
@@ -26,6 +27,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+pub use self::no_retry::NoRetryFuture;
 use self::recovery::Recovery;
 use crate::{
     classify::{Classifier, grpc_status},

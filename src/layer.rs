@@ -2,6 +2,7 @@
 
 use std::{
     fmt,
+    marker::PhantomData,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -26,13 +27,42 @@ const DEFAULT_REPLAY_WAIT: Duration = Duration::from_secs(1);
 ///
 /// See the [crate documentation](crate) for what it does and a complete example. Clones of the
 /// layer, and of every service it makes, share one [`TokenCache`].
-#[derive(Clone)]
-pub struct BesenderAuthLayer {
+///
+/// `M` says what a refusal leads to: [`RetryOnce`] (the default) or, after
+/// [`without_retry`](Self::without_retry), [`NoRetry`].
+pub struct BesenderAuthLayer<M = RetryOnce> {
     cache: TokenCache,
     retry: bool,
     max_replay_bytes: usize,
     replay_wait: Duration,
     classifier: Classifier,
+    mode: PhantomData<fn() -> M>,
+}
+
+/// The default mode of [`BesenderAuthLayer`] and [`BesenderAuth`]: a refused request is sent
+/// again, once, with a fresh token. The inner service receives the body wrapped in a
+/// [`ReplayBody`](crate::ReplayBody), so that it can be sent twice.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryOnce;
+
+/// The mode of a layer made with [`BesenderAuthLayer::without_retry`]: a refusal invalidates
+/// the refused token, so the next request gets a fresh one, and is returned to the caller as it
+/// is. The inner service receives the caller's request unchanged but for its `Authorization`
+/// header: no body is wrapped or kept, and a tonic `Channel` can be used as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRetry;
+
+impl<M> Clone for BesenderAuthLayer<M> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            retry: self.retry,
+            max_replay_bytes: self.max_replay_bytes,
+            replay_wait: self.replay_wait,
+            classifier: self.classifier.clone(),
+            mode: PhantomData,
+        }
+    }
 }
 
 /// What a service and its clones share: one allocation, referenced by each response future.
@@ -110,15 +140,52 @@ impl BesenderAuthLayer {
             max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
             replay_wait: DEFAULT_REPLAY_WAIT,
             classifier: Classifier::Default,
+            mode: PhantomData,
         }
     }
 
     /// Whether a refused request is retried once with a fresh token. Default `true`. Without it,
     /// a refusal still invalidates the token, so the next request gets a fresh one, and bodies
     /// are never buffered.
+    ///
+    /// The service keeps its type either way, and its inner service still receives a
+    /// [`ReplayBody`](crate::ReplayBody) (a pass-through): for a switch read from
+    /// configuration. [`without_retry`](Self::without_retry) makes a lighter service instead.
     pub fn retry(mut self, retry: bool) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// A layer whose services never retry: a refusal invalidates the refused token, so the next
+    /// request gets a fresh one, and reaches the caller as it is. Its services pass the
+    /// caller's request on unchanged but for the `Authorization` header, so the inner service
+    /// serves the caller's body type (`Request<B>`, not `Request<ReplayBody<B>>`), and cost
+    /// about what a static header does (see the README's benchmarks).
+    ///
+    /// ```
+    /// use besender_auth::{BesenderAuth, BesenderAuthLayer, NoRetry, Token};
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use hyper_util::client::legacy::{Client, connect::HttpConnector};
+    /// use hyper_util::rt::TokioExecutor;
+    /// use tower::Layer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    /// let layer = BesenderAuthLayer::new(Token::bearer_static("abc")).without_retry();
+    /// // The client is built for the caller's own body type.
+    /// let _service: BesenderAuth<Client<HttpConnector, Full<Bytes>>, NoRetry> = layer.layer(client);
+    /// # }
+    /// ```
+    pub fn without_retry(self) -> BesenderAuthLayer<NoRetry> {
+        BesenderAuthLayer {
+            cache: self.cache,
+            retry: false,
+            max_replay_bytes: self.max_replay_bytes,
+            replay_wait: self.replay_wait,
+            classifier: self.classifier,
+            mode: PhantomData,
+        }
     }
 
     /// The most request-body bytes kept for a retry. Default 64 KiB, as linkerd's. A body
@@ -139,7 +206,9 @@ impl BesenderAuthLayer {
         self.replay_wait = wait.min(crate::MAX_TOKEN_LIFETIME);
         self
     }
+}
 
+impl<M> BesenderAuthLayer<M> {
     /// How refusals are recognized. Default: [`DefaultClassifier`](crate::DefaultClassifier).
     /// For a closure, [`classify_with`](Self::classify_with) spares annotating its arguments.
     pub fn classifier(mut self, classifier: impl ClassifyRefusal) -> Self {
@@ -193,8 +262,8 @@ impl AuthStats {
     }
 }
 
-impl<S: Clone> Layer<S> for BesenderAuthLayer {
-    type Service = BesenderAuth<S>;
+impl<S: Clone, M> Layer<S> for BesenderAuthLayer<M> {
+    type Service = BesenderAuth<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let template = Mutex::new(inner.clone());
@@ -212,7 +281,7 @@ impl<S: Clone> Layer<S> for BesenderAuthLayer {
     }
 }
 
-impl fmt::Debug for BesenderAuthLayer {
+impl<M> fmt::Debug for BesenderAuthLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BesenderAuthLayer")
             .field("cache", &self.cache)

@@ -45,12 +45,17 @@
 //!   gets a fresh one and retries once on a fresh clone of the inner service, replaying the body
 //!   ([`ReplayBody`], up to 64 KiB). If the fresh token is the same or the body cannot be
 //!   replayed, the original response is returned.
+//! - **Or none.** [`BesenderAuthLayer::without_retry`] makes services that only stamp the token
+//!   and pass the request on as it is, body type included (a [`NoRetry`] mode, for which the
+//!   inner service serves `Request<B>`): a refusal still invalidates the refused token, and
+//!   reaches the caller.
 //! - **Secrets stay secret.** The client secret and tokens never appear in `Debug`, `Display`,
 //!   errors or logs; the header is marked sensitive.
 //!
 //! # tonic
-//! tonic's `Channel` takes its own body type: convert under the layer. To keep the stack in a
-//! struct, name its type with a function rather than a closure.
+//! tonic's `Channel` takes its own body type: convert under the layer (without retry, a
+//! `BesenderAuth<Channel, NoRetry>` needs no conversion). To keep the stack in a struct, name
+//! its type with a function rather than a closure.
 //!
 //! ```no_run
 //! use besender_auth::{BesenderAuth, BesenderAuthLayer, ReplayBody};
@@ -87,7 +92,8 @@
 //! - [`Token`] and [`TokenSource`]: what a token is and where it comes from;
 //!   [`BesenderTokenSource`] is Besender's token call.
 //! - [`TokenCache`]: one token for every caller, fetched once, refreshed ahead of expiry.
-//! - [`BesenderAuthLayer`], [`BesenderAuth`], [`ResponseFuture`]: the middleware.
+//! - [`BesenderAuthLayer`], [`BesenderAuth`], [`ResponseFuture`]: the middleware; [`RetryOnce`]
+//!   and [`NoRetry`] its modes, [`NoRetryFuture`] the response future without retry.
 //! - [`classify`]: what counts as a refusal. [`ReplayBody`]: the replayable request body.
 #![cfg_attr(
     feature = "test-util",
@@ -128,8 +134,8 @@ pub use classify::{ClassifyRefusal, DefaultClassifier};
 pub use error::{
     BesenderError, BesenderErrorKind, BoxError, ConfigError, Error, TokenError, TokenErrorKind,
 };
-pub use future::ResponseFuture;
-pub use layer::{AuthStats, BesenderAuthLayer};
+pub use future::{NoRetryFuture, ResponseFuture};
+pub use layer::{AuthStats, BesenderAuthLayer, NoRetry, RetryOnce};
 pub use replay::ReplayBody;
 pub use service::BesenderAuth;
 pub use token::cache::CacheStats;

@@ -1,8 +1,10 @@
 //! `BesenderAuth<S>`: waits for a token in `poll_ready`, stamps it in `call`.
 
+mod no_retry;
+
 use std::{
     fmt,
-    future::Future,
+    marker::PhantomData,
     sync::Arc,
     task::{Context, Poll, ready},
 };
@@ -15,7 +17,7 @@ use crate::{
     error::{BoxError, Error, TokenError},
     future::{OnRefusal, ResponseFuture, Retry},
     kept_request::KeptRequest,
-    layer::{AuthStats, Core},
+    layer::{AuthStats, Core, RetryOnce},
     replay::ReplayBody,
     token::cache::{Acquire, Lease, LeaseFuture, TokenCache},
 };
@@ -50,7 +52,12 @@ use crate::{
 /// // Serves `Request<axum::body::Body>`, for a proxy forwarding its inbound bodies.
 /// type Upstream = BesenderAuth<Client<HttpConnector, ReplayBody<axum::body::Body>>>;
 /// ```
-pub struct BesenderAuth<S> {
+///
+/// `M` is the mode: [`RetryOnce`] (the default), or [`NoRetry`](crate::NoRetry), made by
+/// [`BesenderAuthLayer::without_retry`](crate::BesenderAuthLayer::without_retry), which never
+/// retries and passes the caller's request on as it is: a `BesenderAuth<S, NoRetry>` serves
+/// `Request<B>` when `S` does.
+pub struct BesenderAuth<S, M = RetryOnce> {
     inner: S,
     core: Arc<Core<S>>,
     /// Where `poll_ready` is. A plain value, so that the per-request transitions are single
@@ -65,6 +72,7 @@ pub struct BesenderAuth<S> {
     /// permit, a `Buffer` slot, even one queued for while it said `Pending`), which must not
     /// stay held while this service waits for a token or fails a call for want of one.
     inner_polled: bool,
+    mode: PhantomData<fn() -> M>,
 }
 
 /// Where `poll_ready` is in getting a token.
@@ -91,7 +99,7 @@ enum Slow {
     Failed(TokenError),
 }
 
-impl<S> BesenderAuth<S> {
+impl<S, M> BesenderAuth<S, M> {
     pub(crate) fn from_core(inner: S, core: Arc<Core<S>>) -> Self {
         Self {
             inner,
@@ -100,6 +108,7 @@ impl<S> BesenderAuth<S> {
             lease: None,
             slow: None,
             inner_polled: false,
+            mode: PhantomData,
         }
     }
 
@@ -135,7 +144,7 @@ impl<S> BesenderAuth<S> {
     }
 }
 
-impl<S: Clone> Clone for BesenderAuth<S> {
+impl<S: Clone, M> Clone for BesenderAuth<S, M> {
     /// A clone shares the token cache; like any Tower service clone, it is not ready until
     /// polled.
     fn clone(&self) -> Self {
@@ -146,11 +155,12 @@ impl<S: Clone> Clone for BesenderAuth<S> {
             lease: self.lease.clone(),
             slow: None,
             inner_polled: false,
+            mode: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for BesenderAuth<S> {
+impl<S: fmt::Debug, M> fmt::Debug for BesenderAuth<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.phase {
             Phase::Idle => "idle",
@@ -179,6 +189,55 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.poll_token_then_inner::<Request<ReplayBody<B>>>(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let generation = match self.stamp(&mut request) {
+            Ok(generation) => generation,
+            Err(err) => return ResponseFuture::failed(err),
+        };
+        if !self.core.retry {
+            let future = self.inner.call(request.map(ReplayBody::passthrough));
+            return ResponseFuture::unretried(future, self.core.on_refusal(generation));
+        }
+        // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
+        let cap = self.core.max_replay_bytes;
+        let kept = match ReplayBody::fits(request.body(), cap) {
+            true => KeptRequest::copy(&request),
+            false => None,
+        };
+        let Some(kept) = kept else {
+            let future = self.inner.call(request.map(ReplayBody::passthrough));
+            let refusal = OnRefusal {
+                unreplayable: true,
+                ..self.core.on_refusal(generation)
+            };
+            return ResponseFuture::unretried(future, refusal);
+        };
+        let mut replay = None;
+        let request = request.map(|body| {
+            let (body, handle) = ReplayBody::first(body, kept, cap);
+            replay = Some(handle);
+            body
+        });
+        let replay = replay.expect("`Request::map` calls its closure");
+        // The ready inner service serves this call; a retry, only when needed, is a fresh
+        // clone of the layer's template (tower's clone rule).
+        let retry = Retry::new(replay, generation, Arc::clone(&self.core));
+        ResponseFuture::first(self.inner.call(request), retry)
+    }
+}
+
+impl<S: Clone, M> BesenderAuth<S, M> {
+    /// `poll_ready` for either mode: a token first, then the inner service's readiness for `R`.
+    #[inline]
+    fn poll_token_then_inner<R>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>
+    where
+        S: Service<R>,
+        S::Error: Into<BoxError>,
+    {
         // The token first: the inner service is not asked for capacity until we can use it.
         match self.phase {
             // `Leased` or `Ready`: the inner service, or the caller (a balancer polls its ready
@@ -197,7 +256,7 @@ where
             },
         }
         self.inner_polled = true;
-        match self.inner.poll_ready(cx) {
+        match Service::<R>::poll_ready(&mut self.inner, cx) {
             Poll::Ready(Ok(())) => {
                 self.phase = Phase::Ready;
                 Poll::Ready(Ok(()))
@@ -213,11 +272,14 @@ where
         }
     }
 
+    /// The start of `call` in either mode: stamps the token on `request` and returns its
+    /// generation, or returns the error to fail the call with, without reaching the inner
+    /// service.
     #[inline]
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn stamp<B>(&mut self, request: &mut Request<B>) -> Result<u64, Error> {
         if self.phase != Phase::Ready {
             self.release_inner();
-            return self.call_unready();
+            return Err(self.unready_error());
         }
         self.phase = Phase::Idle;
         // The caller may have kept us waiting since `poll_ready` (a `Buffer`'s worker, a
@@ -226,7 +288,7 @@ where
         if !self.holds_usable_lease() {
             if let Err(err) = self.renew_lease() {
                 self.release_inner();
-                return ResponseFuture::failed(Error::Token(err));
+                return Err(Error::Token(err));
             }
         }
         self.inner_polled = false;
@@ -234,40 +296,9 @@ where
         request
             .headers_mut()
             .insert(AUTHORIZATION, lease.header.clone());
-        if !self.core.retry {
-            let refusal = self.core.on_refusal(lease.generation);
-            let request = request.map(ReplayBody::passthrough);
-            return ResponseFuture::unretried(self.inner.call(request), refusal);
-        }
-        // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
-        let cap = self.core.max_replay_bytes;
-        let kept = match ReplayBody::fits(request.body(), cap) {
-            true => KeptRequest::copy(&request),
-            false => None,
-        };
-        let Some(kept) = kept else {
-            let refusal = OnRefusal {
-                unreplayable: true,
-                ..self.core.on_refusal(lease.generation)
-            };
-            let request = request.map(ReplayBody::passthrough);
-            return ResponseFuture::unretried(self.inner.call(request), refusal);
-        };
-        let mut replay = None;
-        let request = request.map(|body| {
-            let (body, handle) = ReplayBody::first(body, kept, cap);
-            replay = Some(handle);
-            body
-        });
-        let replay = replay.expect("`Request::map` calls its closure");
-        // The ready inner service serves this call; a retry, only when needed, is a fresh
-        // clone of the layer's template (tower's clone rule).
-        let retry = Retry::new(replay, lease.generation, Arc::clone(&self.core));
-        ResponseFuture::first(self.inner.call(request), retry)
+        Ok(lease.generation)
     }
-}
 
-impl<S: Clone> BesenderAuth<S> {
     /// Gives back whatever capacity the inner service may hold, if it was polled since its last
     /// call: this service is about to wait for a token, or to fail a call without reaching it.
     /// Tower has no way to cancel a reservation but dropping the service that holds it (a
@@ -283,7 +314,7 @@ impl<S: Clone> BesenderAuth<S> {
     }
 }
 
-impl<S> BesenderAuth<S> {
+impl<S, M> BesenderAuth<S, M> {
     /// Whether the token this service used last may be used for the next request: still the
     /// cache's, and not run out while no timer could say so (see `TokenCache::is_usable`).
     #[inline]
@@ -353,13 +384,13 @@ impl<S> BesenderAuth<S> {
     /// contract breach (no `poll_ready`, or it was not `Ready(Ok)`). Calling the inner service
     /// unready could make it panic (a `Buffer` does): nothing is sent.
     #[cold]
-    fn call_unready<F: Future, B>(&mut self) -> ResponseFuture<F, S, B> {
+    fn unready_error(&mut self) -> Error {
         if self.phase == Phase::Failed {
             self.phase = Phase::Idle;
             if let Some(Slow::Failed(err)) = self.slow.take() {
-                return ResponseFuture::failed(Error::Token(err));
+                return Error::Token(err);
             }
         }
-        ResponseFuture::failed(Error::NotReady)
+        Error::NotReady
     }
 }
