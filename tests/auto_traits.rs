@@ -5,8 +5,8 @@ use std::{convert::Infallible, future::Ready};
 
 use besender_auth::{
     BesenderAuth, BesenderAuthLayer, BesenderError, BesenderTokenSource,
-    BesenderTokenSourceBuilder, ConfigError, Error, ReplayBody, ResponseFuture, Token, TokenCache,
-    TokenCacheBuilder, TokenError, testing::FakeBesender,
+    BesenderTokenSourceBuilder, ConfigError, Error, NoRetry, NoRetryFuture, ReplayBody,
+    ResponseFuture, Token, TokenCache, TokenCacheBuilder, TokenError, testing::FakeBesender,
 };
 use bytes::Bytes;
 use http::Request;
@@ -117,4 +117,24 @@ fn the_layer_adds_little_to_what_a_client_moves() {
         size_of::<ReplayBody<Full<Bytes>>>(),
         size_of::<Full<Bytes>>()
     );
+}
+
+/// Without retry, the inner client is built for the caller's own body type; the service is
+/// shared and cloned like the default one, and its future is `Send` (for a proxy forwarding
+/// axum bodies and for a tonic `Channel` too).
+#[test]
+fn the_no_retry_service_is_send_sync_and_clone_and_its_future_is_send() {
+    fn clone<T: Clone>() {}
+    type Plain = Client<HttpConnector, Full<Bytes>>;
+    type Proxy = Client<HttpConnector, axum::body::Body>;
+    type Channel = tonic::transport::Channel;
+    send_sync::<BesenderAuthLayer<NoRetry>>();
+    clone::<BesenderAuthLayer<NoRetry>>();
+    send_sync::<BesenderAuth<Plain, NoRetry>>();
+    clone::<BesenderAuth<Plain, NoRetry>>();
+    send::<<BesenderAuth<Plain, NoRetry> as Service<Request<Full<Bytes>>>>::Future>();
+    send::<NoRetryFuture<<Plain as Service<Request<Full<Bytes>>>>::Future>>();
+    send::<<BesenderAuth<Proxy, NoRetry> as Service<Request<axum::body::Body>>>::Future>();
+    send_sync::<BesenderAuth<Channel, NoRetry>>();
+    send::<<BesenderAuth<Channel, NoRetry> as Service<Request<tonic::body::Body>>>::Future>();
 }

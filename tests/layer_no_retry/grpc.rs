@@ -1,0 +1,199 @@
+//! gRPC: a tonic `Channel` under the layer as it is, with no body conversion.
+
+use super::*;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EchoRequest {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EchoReply {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// `test.Echo/Echo`, routed by hand as generated code would.
+#[derive(Clone)]
+struct EchoServer;
+
+impl NamedService for EchoServer {
+    const NAME: &'static str = "test.Echo";
+}
+
+struct Echo;
+
+impl UnaryService<EchoRequest> for Echo {
+    type Response = EchoReply;
+    type Future = BoxFuture<Result<tonic::Response<EchoReply>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<EchoRequest>) -> Self::Future {
+        let message = request.into_inner().message;
+        Box::pin(async move { Ok(tonic::Response::new(EchoReply { message })) })
+    }
+}
+
+impl Service<http::Request<tonic::body::Body>> for EchoServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async move {
+            if request.uri().path() != "/test.Echo/Echo" {
+                return Ok(Status::unimplemented("no such method").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
+            Ok(grpc.unary(Echo, request).await)
+        })
+    }
+}
+
+/// The server's interceptor: records the token of every call, denies calls marked `x-deny`
+/// (`PERMISSION_DENIED`), refuses revoked tokens (`UNAUTHENTICATED`).
+#[derive(Clone, Default)]
+struct AuthState {
+    revoked: Arc<Mutex<HashSet<String>>>,
+    tokens: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+impl AuthState {
+    fn check(&self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        self.tokens.lock().unwrap().push(token.clone());
+        if request.metadata().contains_key("x-deny") {
+            return Err(Status::permission_denied("not allowed"));
+        }
+        let token = token.ok_or_else(|| Status::unauthenticated("no token"))?;
+        if !token.starts_with("token-") || self.revoked.lock().unwrap().contains(&token) {
+            return Err(Status::unauthenticated("invalid token"));
+        }
+        Ok(request)
+    }
+
+    fn tokens(&self) -> Vec<Option<String>> {
+        self.tokens.lock().unwrap().clone()
+    }
+}
+
+async fn start_grpc_server(auth: AuthState) -> String {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = InterceptedService::new(EchoServer, move |request| auth.check(request));
+    tokio::spawn(
+        Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    format!("http://{addr}")
+}
+
+/// The point of the mode: the `Channel` itself under the layer, no `map_request`.
+type GrpcStack = BesenderAuth<Channel, NoRetry>;
+
+async fn echo(client: &mut tonic::client::Grpc<GrpcStack>, deny: bool) -> Result<String, Status> {
+    timeout(HANG, async {
+        client
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("not ready: {e}")))?;
+        let mut request = tonic::Request::new(EchoRequest {
+            message: "hello".into(),
+        });
+        if deny {
+            request
+                .metadata_mut()
+                .insert("x-deny", "1".parse().unwrap());
+        }
+        let reply = client
+            .unary(
+                request,
+                PathAndQuery::from_static("/test.Echo/Echo"),
+                ProstCodec::<EchoRequest, EchoReply>::default(),
+            )
+            .await?;
+        Ok(reply.into_inner().message)
+    })
+    .await
+    .expect("the call hung")
+}
+
+#[tokio::test]
+async fn a_tonic_channel_as_it_is_unauthenticated_evicts_and_permission_denied_does_not() {
+    let auth = AuthState::default();
+    let url = start_grpc_server(auth.clone()).await;
+    let channel = Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let (source, layer) = no_retry_layer();
+    let stack: GrpcStack = layer.layer(channel);
+    let mut client = tonic::client::Grpc::new(stack);
+
+    assert_eq!(echo(&mut client, false).await.unwrap(), "hello");
+    assert_eq!(auth.tokens(), [Some("token-1".to_owned())]);
+
+    // The server revokes the token: UNAUTHENTICATED reaches the caller, as the server sent it.
+    auth.revoked.lock().unwrap().insert("token-1".into());
+    let status = echo(&mut client, false).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "invalid token");
+    assert_eq!(auth.tokens().len(), 2, "not retried");
+    let stats = layer.stats();
+    assert_eq!((stats.refusals, stats.retries), (1, 0));
+
+    // The next call carries a fresh token.
+    assert_eq!(echo(&mut client, false).await.unwrap(), "hello");
+    assert_eq!(auth.tokens()[2].as_deref(), Some("token-2"));
+    assert_eq!(source.calls(), 2);
+
+    // PERMISSION_DENIED is not a token problem: returned, and the token stays.
+    let status = echo(&mut client, true).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.message(), "not allowed");
+    assert_eq!(echo(&mut client, false).await.unwrap(), "hello");
+    let tokens = auth.tokens();
+    assert_eq!(tokens.len(), 5, "not retried");
+    assert_eq!(
+        tokens[3].as_deref(),
+        Some("token-2"),
+        "the denied call's token"
+    );
+    assert_eq!(
+        tokens[4].as_deref(),
+        Some("token-2"),
+        "kept after the denial"
+    );
+    assert_eq!(source.calls(), 2);
+    let stats = layer.stats();
+    assert_eq!((stats.refusals, stats.retries), (1, 0));
+}
+
+/// No token: tonic sees the layer's `Error::Token` and reports `Code::Unknown` with its
+/// message (the crate docs say so), and no call reaches the server.
+#[tokio::test]
+async fn a_grpc_call_without_a_token_is_unknown_and_reaches_no_server() {
+    let auth = AuthState::default();
+    let url = start_grpc_server(auth.clone()).await;
+    let channel = Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let (source, layer) = no_retry_layer();
+    source.set_down(true);
+    let mut client = tonic::client::Grpc::new(layer.layer(channel));
+    let status = echo(&mut client, false).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert!(
+        status.message().contains("the test token endpoint is down"),
+        "{status:?}"
+    );
+    assert!(auth.tokens().is_empty(), "a call reached the server");
+    assert_eq!(source.calls(), 1);
+}
