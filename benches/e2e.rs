@@ -10,7 +10,8 @@
 //! afresh, in its own order, and warms them before timing them (see `pairs_row`).
 //!
 //! `E2E_RETRY=0` measures the layer with `.retry(false)`, `E2E_RETRY=none` with
-//! `.without_retry()` (not with `E2E_ONLY`); `E2E_PROTO=h1` or `E2E_PROTO=h2c` runs one
+//! `.without_retry()` (not with `E2E_ONLY`, `E2E_AA` or `E2E_WRAP`, which measure other
+//! things); `E2E_PROTO=h1` or `E2E_PROTO=h2c` runs one
 //! protocol; `E2E_PAIRS` and `E2E_REQUESTS` (per run) change the sample; `E2E_ONLY=baseline` or
 //! `E2E_ONLY=layer` runs one side alone, for a profiler or `strace -c` (both send the same bytes
 //! and make the same syscalls per request); `E2E_DEBUG=1` prints each run's rate and new
@@ -271,6 +272,9 @@ fn main() {
         for &h2 in protocols {
             let baseline = || AddAuthorization::bearer(client(h2), &token).as_sensitive(true);
             let ours = || layer.clone().retry(retry).layer(client(h2));
+            if without_retry && std::env::var_os("E2E_ONLY").is_some() {
+                panic!("E2E_ONLY measures `.retry(..)`: unset E2E_RETRY=none");
+            }
 
             // E2E_ONLY=baseline or E2E_ONLY=layer: that side alone, warmed, for a profiler or
             // strace.

@@ -38,7 +38,9 @@ use crate::{
 };
 
 pin_project! {
-    /// The response future of [`BesenderAuth`](crate::BesenderAuth): `F` is the inner
+    /// The response future of [`BesenderAuth`](crate::BesenderAuth) in its default mode
+    /// ([`RetryOnce`](crate::RetryOnce); without retry it is a
+    /// [`NoRetryFuture`](crate::NoRetryFuture)): `F` is the inner
     /// service's future, `S` the inner service (a retry runs on a fresh clone of it), `B` the
     /// request body.
     ///

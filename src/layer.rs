@@ -284,10 +284,17 @@ impl<S: Clone, M> Layer<S> for BesenderAuthLayer<M> {
 impl<M> fmt::Debug for BesenderAuthLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BesenderAuthLayer")
+            .field("mode", &mode_name::<M>())
             .field("cache", &self.cache)
             .field("retry", &self.retry)
             .field("max_replay_bytes", &self.max_replay_bytes)
             .field("replay_wait", &self.replay_wait)
             .finish_non_exhaustive()
     }
+}
+
+/// The mode's own name (`RetryOnce`, `NoRetry`), for `Debug`.
+pub(crate) fn mode_name<M>() -> &'static str {
+    let path = std::any::type_name::<M>();
+    path.rsplit("::").next().unwrap_or(path)
 }

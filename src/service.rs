@@ -1,4 +1,6 @@
-//! `BesenderAuth<S>`: waits for a token in `poll_ready`, stamps it in `call`.
+//! `BesenderAuth<S, M>`: waits for a token in `poll_ready`, stamps it in `call`; in the default
+//! mode (`RetryOnce`) it also keeps what a retry needs. The `NoRetry` mode's `call` is in
+//! `no_retry.rs`.
 
 mod no_retry;
 
@@ -23,7 +25,8 @@ use crate::{
 };
 
 /// The middleware made by [`BesenderAuthLayer`](crate::BesenderAuthLayer): authenticates each
-/// request with a Besender access token and retries it once if the server refuses the token.
+/// request with a Besender access token and, in the default mode ([`RetryOnce`]), retries it
+/// once if the server refuses the token.
 ///
 /// - `poll_ready` first makes sure a token is at hand (waiting for a fetch if none is cached),
 ///   and only then polls the inner service, so no inner capacity (a `Buffer` slot, a concurrency
@@ -36,12 +39,13 @@ use crate::{
 ///   is dead.
 /// - `call` sets `Authorization: Bearer <token>`, marked sensitive, replacing any value the
 ///   caller set, and sends the request.
-/// - A refusal (see [`classify`](crate::classify)) invalidates exactly the refused token, gets a
-///   fresh one and sends the request again, once, on a fresh clone of the inner service, with
-///   the same method, URI, version, headers, extensions and (replayed) body.
+/// - A refusal (see [`classify`](crate::classify)) invalidates exactly the refused token; in
+///   the default mode the service then gets a fresh one and sends the request again, once, on
+///   a fresh clone of the inner service, with the same method, URI, version, headers,
+///   extensions and (replayed) body.
 ///
-/// The inner service takes the caller's request with its body wrapped in a
-/// [`ReplayBody`](crate::ReplayBody): a `BesenderAuth<S>` serves `Request<B>` when `S` serves
+/// In the default mode, the inner service takes the caller's request with its body wrapped in
+/// a [`ReplayBody`](crate::ReplayBody): a `BesenderAuth<S>` serves `Request<B>` when `S` serves
 /// `Request<ReplayBody<B>>`. So a hyper-util client under the layer is built for that body type
 /// (the compiler infers it where the client is built in place):
 ///
@@ -53,10 +57,11 @@ use crate::{
 /// type Upstream = BesenderAuth<Client<HttpConnector, ReplayBody<axum::body::Body>>>;
 /// ```
 ///
-/// `M` is the mode: [`RetryOnce`] (the default), or [`NoRetry`](crate::NoRetry), made by
+/// `M` is the mode: [`RetryOnce`] (the default, whose future is a
+/// [`ResponseFuture`](crate::ResponseFuture)), or [`NoRetry`](crate::NoRetry), made by
 /// [`BesenderAuthLayer::without_retry`](crate::BesenderAuthLayer::without_retry), which never
 /// retries and passes the caller's request on as it is: a `BesenderAuth<S, NoRetry>` serves
-/// `Request<B>` when `S` does.
+/// `Request<B>` when `S` does, with a [`NoRetryFuture`](crate::NoRetryFuture).
 pub struct BesenderAuth<S, M = RetryOnce> {
     inner: S,
     core: Arc<Core<S>>,
@@ -170,6 +175,7 @@ impl<S: fmt::Debug, M> fmt::Debug for BesenderAuth<S, M> {
             Phase::Failed => "no token",
         };
         f.debug_struct("BesenderAuth")
+            .field("mode", &crate::layer::mode_name::<M>())
             .field("inner", &self.inner)
             .field("state", &state)
             .finish_non_exhaustive()

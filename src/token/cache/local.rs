@@ -73,7 +73,9 @@ fn valid(shared: &Shared) -> Option<Valid> {
 pub(super) fn is_usable(shared: &Shared, lease: &Lease) -> bool {
     let state = shared.state.load(Ordering::Acquire);
     // The state word of `lease`'s generation with no flag set: the usual answer, in one
-    // comparison (generations come from state words, so the shift loses no bit).
+    // comparison. Generations count fetches, one each, so they stay far below 2^62 and the
+    // shift loses no bit.
+    debug_assert!(lease.generation >> (u64::BITS - GENERATION_SHIFT) == 0);
     let plain = lease.generation << GENERATION_SHIFT;
     state == plain || (state == plain | CLOCK && clock_allows(shared, lease.usable_until))
 }
