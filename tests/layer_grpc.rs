@@ -5,83 +5,27 @@ mod common;
 
 use std::{
     collections::HashSet,
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use besender_auth::{BesenderAuthLayer, ReplayBody};
-use common::source::TestSource;
+use common::{
+    grpc_echo::{EchoReply, EchoRequest, EchoServer},
+    source::TestSource,
+};
 use http::uri::PathAndQuery;
 use tokio::net::TcpListener;
 use tonic::{
     Code, Status,
-    server::{NamedService, UnaryService},
     service::interceptor::InterceptedService,
     transport::{Channel, Endpoint, Server, server::TcpIncoming},
 };
 use tonic_prost::ProstCodec;
-use tower::{Service, ServiceBuilder};
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct EchoRequest {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct EchoReply {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// `test.Echo/Echo`, routed by hand as generated code would.
-#[derive(Clone)]
-struct EchoServer;
-
-impl NamedService for EchoServer {
-    const NAME: &'static str = "test.Echo";
-}
-
-struct Echo;
-
-impl UnaryService<EchoRequest> for Echo {
-    type Response = EchoReply;
-    type Future = BoxFuture<Result<tonic::Response<EchoReply>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<EchoRequest>) -> Self::Future {
-        let message = request.into_inner().message;
-        Box::pin(async move { Ok(tonic::Response::new(EchoReply { message })) })
-    }
-}
-
-impl Service<http::Request<tonic::body::Body>> for EchoServer {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(async move {
-            if request.uri().path() != "/test.Echo/Echo" {
-                return Ok(Status::unimplemented("no such method").into_http());
-            }
-            let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
-            Ok(grpc.unary(Echo, request).await)
-        })
-    }
-}
+use tower::ServiceBuilder;
 
 /// The server's view: which tokens it refuses, and how many calls reached the interceptor.
 #[derive(Clone, Default)]

@@ -16,10 +16,7 @@ mod readiness;
 
 use std::{
     collections::HashSet,
-    convert::Infallible,
     error::Error as _,
-    future::Future,
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -52,7 +49,6 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use tokio::{net::TcpListener, sync::Notify, time::timeout};
 use tonic::{
     Code, Status,
-    server::{NamedService, UnaryService},
     service::interceptor::InterceptedService,
     transport::{Channel, Endpoint, Server, server::TcpIncoming},
 };

@@ -23,6 +23,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 mod auth_server;
 pub mod besender;
+pub mod grpc_echo;
 pub mod layer;
 pub mod recording;
 pub mod source;

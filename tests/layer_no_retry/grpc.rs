@@ -1,60 +1,7 @@
 //! gRPC: a tonic `Channel` under the layer as it is, with no body conversion.
 
 use super::*;
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct EchoRequest {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct EchoReply {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// `test.Echo/Echo`, routed by hand as generated code would.
-#[derive(Clone)]
-struct EchoServer;
-
-impl NamedService for EchoServer {
-    const NAME: &'static str = "test.Echo";
-}
-
-struct Echo;
-
-impl UnaryService<EchoRequest> for Echo {
-    type Response = EchoReply;
-    type Future = BoxFuture<Result<tonic::Response<EchoReply>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<EchoRequest>) -> Self::Future {
-        let message = request.into_inner().message;
-        Box::pin(async move { Ok(tonic::Response::new(EchoReply { message })) })
-    }
-}
-
-impl Service<http::Request<tonic::body::Body>> for EchoServer {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(async move {
-            if request.uri().path() != "/test.Echo/Echo" {
-                return Ok(Status::unimplemented("no such method").into_http());
-            }
-            let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
-            Ok(grpc.unary(Echo, request).await)
-        })
-    }
-}
+use crate::common::grpc_echo::{EchoReply, EchoRequest, EchoServer};
 
 /// The server's interceptor: records the token of every call, denies calls marked `x-deny`
 /// (`PERMISSION_DENIED`), refuses revoked tokens (`UNAUTHENTICATED`).
