@@ -1,14 +1,18 @@
 //! Randomized, seeded stress test of the layer: each seed draws a whole scenario (a stack of
 //! `Buffer`, `ConcurrencyLimit` and `Timeout` above and below the layer over an in-process
-//! API, retry on or off, a replay cap, a token source that delays, fails, stalls, repeats a
-//! token or panics, revocations and a phase refusing every token, bodies of every framing,
+//! API; the layer's mode: retry on, retry off (`retry(false)`), or no retry at all
+//! (`without_retry()`, a `BesenderAuth<_, NoRetry>` whose inner service gets the caller's body
+//! as it is, no `ReplayBody`); a replay cap, a token source that delays, fails, stalls, repeats
+//! a token or panics, revocations and a phase refusing every token, bodies of every framing,
 //! many callers that give up at random) and checks, during it and at its end, what the crate
 //! promises (`layer_stress/invariants.rs` lists each, with where it is documented): no hang,
 //! no panic escaping, at most one retry and only of a refusal with another token, the caller's
 //! body and head on both attempts, no token past its usable time, bounded forced refreshes,
-//! every permit and slot free and no task left at the end. A randomized harness like this
-//! found the deadlock `tests/layer_capacity.rs` pins; hand-written tests only check the
-//! interleavings someone thought of.
+//! every permit and slot free and no task left at the end. The same scenarios and checks run
+//! in all three modes: without retries, those of retries hold trivially (never a second
+//! attempt) and the rest as with retry on. A randomized harness like this found the deadlock
+//! `tests/layer_capacity.rs` pins; hand-written tests only check the interleavings someone
+//! thought of.
 //!
 //! On Tokio's paused clock, so time costs nothing and a seed replays the same scenario; a few
 //! also run on a multi-thread runtime on the real clock. (Tokio wakes the waiters of one

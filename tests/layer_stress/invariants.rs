@@ -15,6 +15,12 @@
 //! checked where it applies: a retry never carries the token just refused, forced refreshes
 //! stay within what the interval allows, and at the end the served token's refusal is retried
 //! with a fresh one.
+//!
+//! The same checks run in every retry mode. With retry off and without retry
+//! (`BesenderAuth<_, NoRetry>`) those of retries hold trivially: an attempt past the first
+//! breaks one, and the counters must show no retry. The rest (usable time, forced refreshes,
+//! bodies, what each caller got, the error hold) hold as they do with retry on, and at the end
+//! a refusal of the served token comes back and the next request carries a fresh one.
 
 use std::{ops::Range, time::Duration};
 
@@ -24,13 +30,13 @@ use tokio::time::Instant;
 use crate::{
     body::{Digest, Expected},
     ledger::{Book, CallerError, CallerOutcome, Delivered, FailedFetch, RequestLog, Sent},
-    scenario::{Mode, Scenario},
+    scenario::{Mode, Retry, Scenario},
     tap::AttemptTag,
 };
 
 /// What the checks need to know of the scenario.
 pub struct Rules {
-    pub retry: bool,
+    pub retry: Retry,
     pub cap: u64,
     /// Whether to check a token's usable time (on the paused clock).
     pub check_clock: bool,
@@ -58,8 +64,9 @@ impl Rules {
 }
 
 /// An attempt as the layer sends it: at most two per request; a retry only after a refusal,
-/// with retry on, another token, the same head, and a body that could be replayed; every
-/// attempt with a token still usable and the size the caller declared.
+/// with retry on (never with retry off or without retry), another token, the same head, and a
+/// body that could be replayed; every attempt with a token still usable and the size the caller
+/// declared.
 pub fn on_sent(log: &RequestLog, sent: &Sent, now: Instant, rules: &Rules) -> Vec<String> {
     let number = log.attempts.len() + 1;
     let expected = &log.expected;
@@ -93,8 +100,8 @@ pub fn on_sent(log: &RequestLog, sent: &Sent, now: Instant, rules: &Rules) -> Ve
         if number > 2 {
             found.push("more than two attempts: the layer retries at most once".into());
         }
-        if !rules.retry {
-            found.push("a retry with retry off".into());
+        if !rules.retry.retries() {
+            found.push(format!("a retry with {}", rules.retry));
         }
         match first.delivered {
             None => found.push("a retry before the first attempt's response came back".into()),

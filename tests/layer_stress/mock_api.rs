@@ -16,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use besender_auth::ReplayBody;
 use http::{HeaderMap, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -24,11 +23,11 @@ use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 use crate::{
-    body::{Digest, StressBody},
+    body::Digest,
     ledger::Ledger,
     rng::{Rng, Stream},
     scenario::Scenario,
-    stack::InnerRequest,
+    stack::{ApiBody, InnerRequest},
     tap::AttemptTag,
     tokens::Tokens,
 };
@@ -311,7 +310,7 @@ impl Service<InnerRequest> for MockApi {
 
 impl Shared {
     /// Reads up to `frames` frames, as a server does: it stops at the end the body reports.
-    async fn read(&self, tag: &AttemptTag, body: &mut ReplayBody<StressBody>, frames: usize) {
+    async fn read(&self, tag: &AttemptTag, body: &mut ApiBody, frames: usize) {
         let (mut data, mut trailers) = (Vec::new(), None::<HeaderMap>);
         let mut ended = body.is_end_stream();
         for _ in 0..frames {
@@ -340,7 +339,7 @@ impl Shared {
     }
 
     /// Holds the body and reads it after `after`, on a task of its own.
-    fn drain(self: &Arc<Self>, tag: AttemptTag, mut body: ReplayBody<StressBody>, after: Duration) {
+    fn drain(self: &Arc<Self>, tag: AttemptTag, mut body: ApiBody, after: Duration) {
         let busy = Busy::new(self);
         if tag.number == 1 && !self.ledger.known_empty(tag.id) {
             self.holding.lock().unwrap().insert(tag.id);

@@ -1,7 +1,8 @@
-//! Plays one scenario on a runtime of its own: builds the stack, starts the revocations and
-//! the callers, watches for a hang, and once every caller is done checks the end state: the
-//! API idle, every permit and slot free, a refusal of the served token retried, the counters,
-//! and no task left once everything is dropped.
+//! Plays one scenario on a runtime of its own: builds the stack, with the layer in the
+//! scenario's retry mode (on, off, or `without_retry`), starts the revocations and the callers,
+//! watches for a hang, and once every caller is done checks the end state: the API idle, every
+//! permit and slot free, a refusal of the served token retried (or, without retries, the next
+//! request carrying a fresh token), the counters, and no task left once everything is dropped.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,8 +22,8 @@ use crate::{
     invariants::{self, Rules},
     ledger::{CallerOutcome, Ledger},
     mock_api::{MockApi, Outcome, PROBE_HEADER},
-    scenario::{Cancel, Mode, RequestPlan, Revocation, Scenario},
-    stack::Stack,
+    scenario::{Cancel, Mode, RequestPlan, Retry, Revocation, Scenario},
+    stack::{AuthLayer, Stack},
     tap::Tap,
     tokens::Tokens,
 };
@@ -49,7 +50,7 @@ struct World {
     rules: Arc<Rules>,
     tokens: Arc<Tokens>,
     api: MockApi,
-    layer: BesenderAuthLayer,
+    layer: AuthLayer,
     stack: Stack,
 }
 
@@ -174,9 +175,13 @@ impl World {
             .fetch_timeout(sc.cache.fetch_timeout)
             .build();
         let layer = BesenderAuthLayer::from_cache(cache)
-            .retry(sc.retry)
             .max_replay_bytes(sc.max_replay_bytes)
             .replay_wait(sc.replay_wait);
+        let layer = match sc.retry {
+            Retry::On => AuthLayer::Retry(layer.retry(true)),
+            Retry::Off => AuthLayer::Retry(layer.retry(false)),
+            Retry::None => AuthLayer::NoRetry(layer.without_retry()),
+        };
         let tap = {
             let (ledger, tokens, rules) =
                 (Arc::clone(&ledger), Arc::clone(&tokens), Arc::clone(&rules));
@@ -210,8 +215,8 @@ impl World {
 
     /// The served token revoked once the forced-refresh interval is past: a request carrying
     /// it is refused, the cache refreshes, and the layer retries once with the fresh token;
-    /// with retry off the refusal comes back and the next request carries the fresh token
-    /// (README, "refusal" and "retry").
+    /// with retry off or without retry the refusal comes back and the next request carries the
+    /// fresh token (README, "refusal" and "retry"; `BesenderAuthLayer::without_retry`).
     async fn retry_probe(&self, sc: &Scenario) {
         // A call of the source made before it turned healthy may still run, and fail or
         // stall: the refusal would join it. Once it is over, the next call works.
@@ -227,7 +232,7 @@ impl World {
         let send_probe =
             |id| async move { send(&mut self.stack.outer.clone(), &probe(id), &self.ledger).await };
         let got = send_probe(PROBE_ID).await;
-        let then = match sc.retry {
+        let then = match sc.retry.retries() {
             true => None,
             false => Some(send_probe(PROBE_ID + 1).await),
         };
@@ -244,7 +249,7 @@ impl World {
                 sc.cache.min_forced_interval,
                 then.map(|o| format!(" and the next {o:?}"))
                     .unwrap_or_default(),
-                match sc.retry {
+                match sc.retry.retries() {
                     true => "its retry's 200 (attempt 2)",
                     false => "the refusal, then a 200 with a fresh token",
                 }

@@ -1,6 +1,6 @@
-//! A scenario, all of it drawn from one seed: the stack around the layer, the layer's and the
-//! cache's settings, how the token source and the API behave, when tokens are revoked, and
-//! the callers with their requests.
+//! A scenario, all of it drawn from one seed: the stack around the layer, the layer's mode
+//! (retry on, off, or `without_retry`), the layer's and the cache's settings, how the token
+//! source and the API behave, when tokens are revoked, and the callers with their requests.
 
 use std::{fmt, ops::Range, time::Duration};
 
@@ -31,6 +31,36 @@ impl Mode {
             Mode::Paused => Duration::from_millis(ms),
             Mode::MultiThread => Duration::from_micros(ms * 20),
         }
+    }
+}
+
+/// What the layer does with a refusal: the one option that changes the layer's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// `retry(true)`, the default: a refusal is retried once, and the inner service gets a
+    /// `ReplayBody`.
+    On,
+    /// `retry(false)`: the same service type, its `ReplayBody` a pass-through; never a retry.
+    Off,
+    /// `without_retry()`: a `BesenderAuth<_, NoRetry>`, whose inner service gets the caller's
+    /// body as it is; never a retry.
+    None,
+}
+
+impl Retry {
+    /// Whether a refusal may be retried.
+    pub fn retries(self) -> bool {
+        self == Retry::On
+    }
+}
+
+impl fmt::Display for Retry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Retry::On => "retry on",
+            Retry::Off => "retry off",
+            Retry::None => "without_retry (NoRetry)",
+        })
     }
 }
 
@@ -105,7 +135,9 @@ pub struct Scenario {
     pub outer: Vec<Wrap>,
     /// The one right under the layer first.
     pub inner: Vec<Wrap>,
-    pub retry: bool,
+    pub retry: Retry,
+    /// The replay's settings, drawn whatever `retry` is (so that the other draws stay put);
+    /// they matter with retry on only.
     pub max_replay_bytes: usize,
     pub replay_wait: Duration,
     pub cache: CachePlan,
@@ -132,7 +164,8 @@ impl Scenario {
             false => (wraps(&mut rng, mode), wraps(&mut rng, mode)),
             true => tight_wraps(&mut rng, mode),
         };
-        let retry = rng.chance(85);
+        // One draw, as the on-or-off draw it replaced: a seed's other choices stay what they were.
+        let retry = rng.pick(&[(14, Retry::On), (3, Retry::Off), (3, Retry::None)]);
         let max_replay_bytes = rng.pick(&[(3, 64), (3, 1024), (4, 16 * 1024), (1, 64 * 1024)]);
         let replay_wait = ms(rng.pick(&[(1, 50), (3, 1_000), (1, 3_000)]));
         let cache = CachePlan {
@@ -354,12 +387,12 @@ impl fmt::Display for Scenario {
         let keeping = self.callers.iter().filter(|c| c.keeps_service).count();
         write!(
             f,
-            "outer {:?}, inner {:?}, retry {}, cap {} B, replay wait {:?}, {:?}, source {:?}, \
+            "outer {:?}, inner {:?}, {}, cap {} B, replay wait {:?}, {:?}, source {:?}, \
              {} callers ({keeping} keep their service) sending {} requests, {} revocations, \
              refuse-all {:?}, active {:?}",
             self.outer,
             self.inner,
-            if self.retry { "on" } else { "off" },
+            self.retry,
             self.max_replay_bytes,
             self.replay_wait,
             self.cache,

@@ -1,6 +1,11 @@
 //! A scenario's stack, from the bottom: the mock API, the middlewares drawn for under the
 //! layer, the tap, the layer, the middlewares drawn for above it. And the end-of-scenario
 //! probe that every permit and slot in it is free again.
+//!
+//! The layer is a `BesenderAuthLayer` (retry on or off), whose service hands its inner service
+//! a `Request<ReplayBody<StressBody>>`, or a `BesenderAuthLayer<NoRetry>`, whose service hands
+//! on the caller's `Request<StressBody>`. The tap, right under the layer, takes either and boxes
+//! the body, so that everything under it is the same in every mode.
 
 use std::{
     sync::{
@@ -10,21 +15,65 @@ use std::{
     time::Duration,
 };
 
-use besender_auth::{BesenderAuthLayer, ReplayBody};
+use besender_auth::{AuthStats, BesenderAuthLayer, NoRetry, TokenCache};
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
 use tokio::sync::watch;
 use tower::{
-    BoxError, Layer, ServiceExt, buffer::Buffer, limit::ConcurrencyLimit, timeout::Timeout,
-    util::BoxCloneService,
+    BoxError, Layer, Service, ServiceExt, buffer::Buffer, limit::ConcurrencyLimit,
+    timeout::Timeout, util::BoxCloneService,
 };
 
 use crate::{
     body::StressBody, ledger::Ledger, mock_api::MockApi, run::wait_until, scenario::Wrap, tap::Tap,
 };
 
-pub type InnerRequest = Request<ReplayBody<StressBody>>;
+/// A request body as the tap passes it down: the layer's, boxed.
+pub type ApiBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type InnerRequest = Request<ApiBody>;
 pub type InnerService = BoxCloneService<InnerRequest, Response<()>, BoxError>;
 pub type OuterService = BoxCloneService<Request<StressBody>, Response<()>, BoxError>;
+
+/// The layer, in the scenario's retry mode: its two types serve different requests.
+pub enum AuthLayer {
+    /// Retry on or off (`BesenderAuthLayer::retry`).
+    Retry(BesenderAuthLayer),
+    /// `BesenderAuthLayer::without_retry`.
+    NoRetry(BesenderAuthLayer<NoRetry>),
+}
+
+impl AuthLayer {
+    /// The layer's service over `tap`, erased.
+    fn layer(&self, tap: Tap) -> OuterService {
+        fn erased<S>(auth: S) -> OuterService
+        where
+            S: Service<Request<StressBody>, Response = Response<()>, Error = besender_auth::Error>,
+            S: Clone + Send + 'static,
+            S::Future: Send,
+        {
+            OuterService::new(auth.map_err(BoxError::from))
+        }
+        match self {
+            AuthLayer::Retry(layer) => erased(layer.layer(tap)),
+            AuthLayer::NoRetry(layer) => erased(layer.layer(tap)),
+        }
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        match self {
+            AuthLayer::Retry(layer) => layer.cache(),
+            AuthLayer::NoRetry(layer) => layer.cache(),
+        }
+    }
+
+    pub fn stats(&self) -> AuthStats {
+        match self {
+            AuthLayer::Retry(layer) => layer.stats(),
+            AuthLayer::NoRetry(layer) => layer.stats(),
+        }
+    }
+}
 
 /// How many clones of a level the probe makes ready at once when nothing under it limits them.
 const UNLIMITED: usize = 6;
@@ -65,7 +114,7 @@ impl Stack {
     pub fn build(
         inner: &[Wrap],
         outer: &[Wrap],
-        layer: &BesenderAuthLayer,
+        layer: &AuthLayer,
         api: MockApi,
         tap: impl FnOnce(InnerService) -> Tap,
     ) -> Self {
@@ -83,8 +132,7 @@ impl Stack {
             let handle = Handle::Inner(service.clone());
             level(format!("{wrap:?} under the layer"), capacity, handle);
         }
-        let auth = layer.layer(tap(service));
-        let mut service = OuterService::new(auth.map_err(BoxError::from));
+        let mut service = layer.layer(tap(service));
         level("the layer".into(), capacity, Handle::Outer(service.clone()));
         for wrap in outer.iter().rev() {
             (service, capacity) = wrapped(*wrap, service, capacity);

@@ -1,6 +1,8 @@
 //! `Tap`: the layer's inner service, right under it. It records every attempt the layer sends
 //! (its token, head and declared size, checked as it goes out) and what the layer's response
-//! future gets back, and tags the request for the API.
+//! future gets back, and tags the request for the API. It serves any body, so that it sits
+//! under the layer in every mode (a `ReplayBody` with retry on or off, the caller's body
+//! without retry), and boxes it for what is under it.
 
 use std::{
     future::Future,
@@ -9,8 +11,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{Response, header};
+use bytes::Bytes;
+use http::{Request, Response, header};
 use http_body::Body;
+use http_body_util::BodyExt;
 use tower::{BoxError, Service};
 
 use crate::{
@@ -18,7 +22,7 @@ use crate::{
     invariants::Rules,
     ledger::{Delivered, Head, Ledger, Sent},
     mock_api::ResponseTag,
-    stack::{InnerRequest, InnerService},
+    stack::InnerService,
     tokens::Tokens,
 };
 
@@ -68,7 +72,11 @@ impl Tap {
     }
 }
 
-impl Service<InnerRequest> for Tap {
+impl<B> Service<Request<B>> for Tap
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = Response<()>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Response<()>, BoxError>> + Send>>;
@@ -77,7 +85,7 @@ impl Service<InnerRequest> for Tap {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: InnerRequest) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let id = request
             .headers()
             .get(ID_HEADER)
@@ -106,6 +114,7 @@ impl Service<InnerRequest> for Tap {
                 .is_some_and(|tag| tag.0 == id),
         };
         let tag = self.ledger.sent(sent, &self.rules);
+        let mut request = request.map(|body| body.map_err(Into::into).boxed_unsync());
         request.extensions_mut().insert(tag.clone());
         let future = self.inner.call(request);
         let ledger = Arc::clone(&self.ledger);
