@@ -22,6 +22,7 @@ use crate::{
 
 const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
 const DEFAULT_REPLAY_WAIT: Duration = Duration::from_secs(1);
+const DEFAULT_RETRY_READY_WAIT: Duration = Duration::from_secs(30);
 
 /// Authenticates every request of the wrapped service with a Besender access token.
 ///
@@ -35,6 +36,7 @@ pub struct BesenderAuthLayer<M = RetryOnce> {
     retry: bool,
     max_replay_bytes: usize,
     replay_wait: Duration,
+    retry_ready_wait: Duration,
     classifier: Classifier,
     mode: PhantomData<fn() -> M>,
 }
@@ -59,6 +61,7 @@ impl<M> Clone for BesenderAuthLayer<M> {
             retry: self.retry,
             max_replay_bytes: self.max_replay_bytes,
             replay_wait: self.replay_wait,
+            retry_ready_wait: self.retry_ready_wait,
             classifier: self.classifier.clone(),
             mode: PhantomData,
         }
@@ -71,6 +74,7 @@ pub(crate) struct Core<S> {
     pub(crate) retry: bool,
     pub(crate) max_replay_bytes: usize,
     pub(crate) replay_wait: Duration,
+    pub(crate) retry_ready_wait: Duration,
     pub(crate) classifier: Classifier,
     /// A clone of the inner service as the layer received it, never polled, that retries and
     /// services giving back capacity (`BesenderAuth::release_inner`) are cloned from. Never
@@ -117,7 +121,7 @@ pub struct AuthStats {
     pub successful_retries: u64,
     /// Refusals not retried because the request could not be sent again: the body over the
     /// cap, failed, or still held by the first attempt past the wait, or the retry's service
-    /// not ready.
+    /// failed or was not ready within `retry_ready_wait`.
     pub refused_replays: u64,
     /// Refusals not retried because no different token could be had (the refresh returned the
     /// same token, was rate-limited, or failed).
@@ -139,6 +143,7 @@ impl BesenderAuthLayer {
             retry: true,
             max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
             replay_wait: DEFAULT_REPLAY_WAIT,
+            retry_ready_wait: DEFAULT_RETRY_READY_WAIT,
             classifier: Classifier::Default,
             mode: PhantomData,
         }
@@ -183,6 +188,7 @@ impl BesenderAuthLayer {
             retry: false,
             max_replay_bytes: self.max_replay_bytes,
             replay_wait: self.replay_wait,
+            retry_ready_wait: self.retry_ready_wait,
             classifier: self.classifier,
             mode: PhantomData,
         }
@@ -204,6 +210,19 @@ impl BesenderAuthLayer {
     /// the refusal at once.
     pub fn replay_wait(mut self, wait: Duration) -> Self {
         self.replay_wait = wait.min(crate::MAX_TOKEN_LIFETIME);
+        self
+    }
+
+    /// How long a retry waits for its fresh clone of the inner service to be ready. Default
+    /// 30 s; past it the refusal is returned (counted in
+    /// [`AuthStats::refused_replays`]). The retry needs capacity of its own (a permit of a
+    /// `ConcurrencyLimit` below the layer): this bounds the wait when that capacity never
+    /// comes, as when a `Buffer` above the layer reserved the last permit for a request whose
+    /// caller then gave up (its worker keeps the permit until its next request). Like
+    /// [`replay_wait`](Self::replay_wait), it needs a Tokio runtime's timer: outside one, a
+    /// clone that is not ready at once gives the refusal back.
+    pub fn retry_ready_wait(mut self, wait: Duration) -> Self {
+        self.retry_ready_wait = wait.min(crate::MAX_TOKEN_LIFETIME);
         self
     }
 }
@@ -274,6 +293,7 @@ impl<S: Clone, M> Layer<S> for BesenderAuthLayer<M> {
                 retry: self.retry,
                 max_replay_bytes: self.max_replay_bytes,
                 replay_wait: self.replay_wait,
+                retry_ready_wait: self.retry_ready_wait,
                 classifier: self.classifier.clone(),
                 template,
             }),
@@ -289,6 +309,7 @@ impl<M> fmt::Debug for BesenderAuthLayer<M> {
             .field("retry", &self.retry)
             .field("max_replay_bytes", &self.max_replay_bytes)
             .field("replay_wait", &self.replay_wait)
+            .field("retry_ready_wait", &self.retry_ready_wait)
             .finish_non_exhaustive()
     }
 }

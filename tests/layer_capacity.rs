@@ -279,3 +279,44 @@ async fn a_steer_under_the_layer_survives_a_retry() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(layer.stats().successful_retries, 1);
 }
+
+/// Found by the randomized stress test (seed 1571): a `Buffer` above the layer and a
+/// `ConcurrencyLimit` of one below it. A's request holds the permit; the worker's service has
+/// the token and queues for that permit for B's request, whose caller then gives up. When A's
+/// answer (a refusal) comes, its permit goes to the worker's queued poll, and the worker keeps
+/// it until its next request: A's retry, on a fresh clone, would wait for a permit forever.
+/// It waits `retry_ready_wait`, then returns the refusal; the stack then works on.
+#[tokio::test(start_paused = true)]
+async fn a_retry_whose_inner_capacity_never_comes_returns_the_refusal_in_time() {
+    let layer = source(0, never, HOUR).retry_ready_wait(Duration::from_secs(5));
+    let buffer = Buffer::new(layer.layer(ConcurrencyLimit::new(Api("t1"), 1)), 4);
+    let start = tokio::time::Instant::now();
+    // A: refused (t1), after 2 s holding the only permit.
+    let a = tokio::spawn(buffer.clone().oneshot(slow_get()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // B: the worker's service queues for A's permit; B's caller gives up.
+    let b = tokio::time::timeout(Duration::from_millis(100), buffer.clone().oneshot(get())).await;
+    assert!(b.is_err(), "B did not wait for the permit");
+
+    let refused = tokio::time::timeout(Duration::from_secs(600), a)
+        .await
+        .expect("the retry waited for a permit that never came")
+        .unwrap()
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
+        "refused at 2 s, then 5 s for the retry's permit: {waited:?}"
+    );
+    let stats = layer.stats();
+    assert_eq!((stats.retries, stats.refused_replays), (0, 1));
+
+    // The worker's next request finds its token refused: its service gives the kept permit
+    // back while it takes the fresh token, then gets a permit and sends.
+    let c = tokio::time::timeout(Duration::from_secs(60), buffer.clone().oneshot(get()))
+        .await
+        .expect("the permit kept by the worker's service was not given back")
+        .unwrap();
+    assert_eq!(c.status(), StatusCode::OK);
+}

@@ -52,8 +52,12 @@ enum Step<B> {
         lease: Lease,
         wait: Option<Pin<Box<dyn Future<Output = bool> + Send + Sync>>>,
     },
-    /// Waiting for the fresh clone of the inner service to be ready.
-    Ready(Option<RetryRequest<B>>),
+    /// Waiting for the fresh clone of the inner service to be ready, until `deadline` (made
+    /// when it first says `Pending`).
+    Ready {
+        request: Option<RetryRequest<B>>,
+        deadline: Option<Deadline>,
+    },
 }
 
 impl<R, S, B> Recovery<R, S, B>
@@ -129,17 +133,35 @@ where
                         Take::Held | Take::Refused => return Poll::Ready(self.no_replay()),
                     }
                 }
-                Step::Ready(request) => {
+                Step::Ready { request, deadline } => {
                     let core = &self.retry.core;
                     let service = self.service.get_or_insert_with(|| core.fresh_service());
-                    if let Err(err) = ready!(service.poll_ready(cx)) {
-                        // The refusal is a better answer than a readiness error of the clone.
-                        let err: BoxError = err.into();
-                        tracing::debug!(error = %err, "refused request not retried: the inner service is not ready");
-                        return Poll::Ready(self.no_replay());
+                    match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            let retry = request.take().expect("polled after completion");
+                            return Poll::Ready(self.still_usable(retry));
+                        }
+                        Poll::Ready(Err(err)) => {
+                            // The refusal is a better answer than a readiness error of the clone.
+                            let err: BoxError = err.into();
+                            tracing::debug!(error = %err, "refused request not retried: the inner service is not ready");
+                        }
+                        Poll::Pending => {
+                            let wait = core.retry_ready_wait;
+                            let deadline = deadline
+                                .get_or_insert_with(|| Deadline::new(Instant::now() + wait));
+                            // Outside any runtime there is no timer: no wait.
+                            if deadline.poll_elapsed(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            tracing::debug!(
+                                "refused request not retried: the inner service was not ready in time"
+                            );
+                        }
                     }
-                    let retry = request.take().expect("polled after completion");
-                    return Poll::Ready(self.still_usable(retry));
+                    // Dropped now, so that whatever the clone queued for (a permit) is given up.
+                    self.service = None;
+                    return Poll::Ready(self.no_replay());
                 }
             }
         }
@@ -199,7 +221,10 @@ where
     fn prepare(&mut self, lease: Lease, body: ReplayBody<B>) -> bool {
         match self.request(lease, body) {
             Some(retry) => {
-                self.step = Step::Ready(Some(retry));
+                self.step = Step::Ready {
+                    request: Some(retry),
+                    deadline: None,
+                };
                 true
             }
             None => false,
