@@ -130,7 +130,9 @@ async fn scenario(later: Later) -> Outcome {
         }
     };
     let cache = TokenCache::builder(source).expiry_margin(MARGIN).build();
-    let layer = BesenderAuthLayer::from_cache(cache);
+    // The retry waits 40 s for the permit: longer than the default bound on that wait (30 s),
+    // which `tests/layer_capacity.rs` checks; here it must outlast the token.
+    let layer = BesenderAuthLayer::from_cache(cache).retry_ready_wait(Duration::from_secs(120));
     let api = Api::default();
     let service = layer.layer(ConcurrencyLimit::new(api.clone(), 1));
 
