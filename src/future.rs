@@ -187,6 +187,10 @@ where
                 StateProj::Recovering { recovery } => match ready!(recovery.poll_recover(cx)) {
                     None => {
                         let refusal = recovery.refusal.take().expect("polled after completion");
+                        // Drops the recovery now, with its clone of the inner service and what
+                        // that clone holds or queued for (a permit), whether or not the caller
+                        // keeps this finished future; polling it again panics, as it should.
+                        state.set(State::Failed { error: None });
                         return Poll::Ready(refusal.map_err(Error::inner));
                     }
                     Some((request, lease)) => {

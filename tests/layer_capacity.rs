@@ -6,7 +6,7 @@
 
 use std::{
     future::Future,
-    pin::Pin,
+    pin::{Pin, pin},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -319,4 +319,62 @@ async fn a_retry_whose_inner_capacity_never_comes_returns_the_refusal_in_time() 
         .expect("the permit kept by the worker's service was not given back")
         .unwrap();
     assert_eq!(c.status(), StatusCode::OK);
+}
+
+/// A's request (refused: `t1`) holds the only permit for 2 s; a holder is granted it next and
+/// keeps it for `hold`, while A's retry waits for it. Returns A's status and when it came. If
+/// the retry gave up, it first checks that A's finished future, kept, holds nothing: with the
+/// holder gone, another user gets the permit at once. (A future that returned the inner
+/// service's response keeps the inner future, and with it the permit tower's
+/// `ConcurrencyLimit` releases when that future is dropped: as without the layer.)
+async fn retry_behind_a_holder(
+    layer: &BesenderAuthLayer,
+    hold: Duration,
+) -> (StatusCode, Duration) {
+    let limited = ConcurrencyLimit::new(Api("t1"), 1);
+    let mut a = layer.layer(limited.clone());
+    let start = tokio::time::Instant::now();
+    a.ready().await.unwrap();
+    let mut refused = pin!(a.call(slow_get()));
+    let mut holder = limited.clone();
+    let holder = tokio::spawn(async move {
+        holder.ready().await.unwrap();
+        tokio::time::sleep(hold).await;
+    });
+    let response = tokio::time::timeout(Duration::from_secs(600), refused.as_mut())
+        .await
+        .expect("the retry waited for capacity without end")
+        .unwrap();
+    let at = start.elapsed();
+    holder.await.unwrap();
+    if response.status() == StatusCode::UNAUTHORIZED {
+        assert_free(limited, "A's finished future keeps a permit").await;
+    }
+    (response.status(), at)
+}
+
+/// With the default settings, a retry waits for inner capacity like any request, but at most
+/// 30 s: a permit freed 20 s after the refusal serves the retry; one freed 40 s after it comes
+/// too late, and the refusal is returned at 30 s.
+#[tokio::test(start_paused = true)]
+async fn by_default_a_retry_waits_up_to_30_s_for_inner_capacity() {
+    let layer = source(0, never, HOUR);
+    let (status, at) = retry_behind_a_holder(&layer, Duration::from_secs(20)).await;
+    assert_eq!(status, StatusCode::OK);
+    // Refused at 2 s, the permit at 22 s, and the retry is as slow as the first attempt.
+    assert!(
+        at >= Duration::from_secs(24) && at < Duration::from_secs(25),
+        "{at:?}"
+    );
+    assert_eq!(layer.stats().successful_retries, 1);
+
+    let layer = source(0, never, HOUR);
+    let (status, at) = retry_behind_a_holder(&layer, Duration::from_secs(40)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        at >= Duration::from_secs(32) && at < Duration::from_secs(33),
+        "{at:?}"
+    );
+    let stats = layer.stats();
+    assert_eq!((stats.retries, stats.refused_replays), (0, 1));
 }

@@ -159,9 +159,9 @@ where
                             );
                         }
                     }
-                    // Dropped now, so that whatever the clone queued for (a permit) is given up.
-                    self.service = None;
-                    return Poll::Ready(self.no_replay());
+                    // The clone is dropped with the recovery, as soon as the refusal is returned.
+                    RefusalCounters::bump(&core.cache.refusals().refused_replays);
+                    return Poll::Ready(None);
                 }
             }
         }

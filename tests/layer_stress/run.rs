@@ -107,8 +107,8 @@ async fn revocations(mut plan: Vec<(Duration, Revocation)>, tokens: Arc<Tokens>,
 
 /// Waits for every caller. A hang is a stretch with requests under way and none finishing,
 /// or a caller still busy long after the scenario's active part: every request ends without a
-/// deadlock, its slowest path being bounded (fetch timeouts, the replay wait, the API's
-/// delays, a pause between ready and call). Reports which requests were stuck, and gives up
+/// deadlock, its slowest path being bounded (fetch timeouts, the replay wait, the retry's wait
+/// for inner capacity, the API's delays, a pause between ready and call). Reports which requests were stuck, and gives up
 /// on them.
 async fn watch(callers: &[JoinHandle<()>], ledger: &Ledger, sc: &Scenario, t0: Instant) -> bool {
     let (quiet, tick) = (sc.mode.ms(300_000), sc.mode.ms(1_000));
