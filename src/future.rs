@@ -175,7 +175,7 @@ where
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;
                     let retry = retry.take().expect("polled after completion");
                     let core = &retry.core;
-                    if !core.classifier.is_refusal(&response) {
+                    if !core.settings.classifier.is_refusal(&response) {
                         return Poll::Ready(Ok(response));
                     }
                     tracing::debug!(status = %response.status(), "token refused; refreshing and retrying once");

@@ -33,12 +33,18 @@ const DEFAULT_RETRY_READY_WAIT: Duration = Duration::from_secs(30);
 /// [`without_retry`](Self::without_retry), [`NoRetry`].
 pub struct BesenderAuthLayer<M = RetryOnce> {
     cache: TokenCache,
-    retry: bool,
-    max_replay_bytes: usize,
-    replay_wait: Duration,
-    retry_ready_wait: Duration,
-    classifier: Classifier,
+    settings: Settings,
     mode: PhantomData<fn() -> M>,
+}
+
+/// The layer's settings, copied into the `Core` of every service it makes.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) retry: bool,
+    pub(crate) max_replay_bytes: usize,
+    pub(crate) replay_wait: Duration,
+    pub(crate) retry_ready_wait: Duration,
+    pub(crate) classifier: Classifier,
 }
 
 /// The default mode of [`BesenderAuthLayer`] and [`BesenderAuth`]: a refused request is sent
@@ -58,11 +64,7 @@ impl<M> Clone for BesenderAuthLayer<M> {
     fn clone(&self) -> Self {
         Self {
             cache: self.cache.clone(),
-            retry: self.retry,
-            max_replay_bytes: self.max_replay_bytes,
-            replay_wait: self.replay_wait,
-            retry_ready_wait: self.retry_ready_wait,
-            classifier: self.classifier.clone(),
+            settings: self.settings.clone(),
             mode: PhantomData,
         }
     }
@@ -71,11 +73,7 @@ impl<M> Clone for BesenderAuthLayer<M> {
 /// What a service and its clones share: one allocation, referenced by each response future.
 pub(crate) struct Core<S> {
     pub(crate) cache: TokenCache,
-    pub(crate) retry: bool,
-    pub(crate) max_replay_bytes: usize,
-    pub(crate) replay_wait: Duration,
-    pub(crate) retry_ready_wait: Duration,
-    pub(crate) classifier: Classifier,
+    pub(crate) settings: Settings,
     /// A clone of the inner service as the layer received it, never polled, that retries and
     /// services giving back capacity (`BesenderAuth::release_inner`) are cloned from. Never
     /// polled, because a clone of a ready service may say it is ready without being so
@@ -92,7 +90,7 @@ impl<S> Core<S> {
     #[inline]
     pub(crate) fn on_refusal(&self, generation: u64) -> OnRefusal {
         OnRefusal {
-            classifier: self.classifier.clone(),
+            classifier: self.settings.classifier.clone(),
             cache_id: self.cache.id(),
             generation,
             unreplayable: false,
@@ -140,11 +138,13 @@ impl BesenderAuthLayer {
     pub fn from_cache(cache: TokenCache) -> Self {
         Self {
             cache,
-            retry: true,
-            max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
-            replay_wait: DEFAULT_REPLAY_WAIT,
-            retry_ready_wait: DEFAULT_RETRY_READY_WAIT,
-            classifier: Classifier::Default,
+            settings: Settings {
+                retry: true,
+                max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
+                replay_wait: DEFAULT_REPLAY_WAIT,
+                retry_ready_wait: DEFAULT_RETRY_READY_WAIT,
+                classifier: Classifier::Default,
+            },
             mode: PhantomData,
         }
     }
@@ -157,7 +157,7 @@ impl BesenderAuthLayer {
     /// [`ReplayBody`](crate::ReplayBody) (a pass-through): for a switch read from
     /// configuration. [`without_retry`](Self::without_retry) makes a lighter service instead.
     pub fn retry(mut self, retry: bool) -> Self {
-        self.retry = retry;
+        self.settings.retry = retry;
         self
     }
 
@@ -185,11 +185,10 @@ impl BesenderAuthLayer {
     pub fn without_retry(self) -> BesenderAuthLayer<NoRetry> {
         BesenderAuthLayer {
             cache: self.cache,
-            retry: false,
-            max_replay_bytes: self.max_replay_bytes,
-            replay_wait: self.replay_wait,
-            retry_ready_wait: self.retry_ready_wait,
-            classifier: self.classifier,
+            settings: Settings {
+                retry: false,
+                ..self.settings
+            },
             mode: PhantomData,
         }
     }
@@ -198,7 +197,7 @@ impl BesenderAuthLayer {
     /// declared larger is not buffered at all; one that grows past it is freed and its refusal
     /// is returned as is.
     pub fn max_replay_bytes(mut self, limit: usize) -> Self {
-        self.max_replay_bytes = limit;
+        self.settings.max_replay_bytes = limit;
         self
     }
 
@@ -209,7 +208,7 @@ impl BesenderAuthLayer {
     /// A response future polled outside any Tokio runtime has no timer to wait on: it returns
     /// the refusal at once.
     pub fn replay_wait(mut self, wait: Duration) -> Self {
-        self.replay_wait = wait.min(crate::MAX_TOKEN_LIFETIME);
+        self.settings.replay_wait = wait.min(crate::MAX_TOKEN_LIFETIME);
         self
     }
 
@@ -222,7 +221,7 @@ impl BesenderAuthLayer {
     /// [`replay_wait`](Self::replay_wait), it needs a Tokio runtime's timer: outside one, a
     /// clone that is not ready at once gives the refusal back.
     pub fn retry_ready_wait(mut self, wait: Duration) -> Self {
-        self.retry_ready_wait = wait.min(crate::MAX_TOKEN_LIFETIME);
+        self.settings.retry_ready_wait = wait.min(crate::MAX_TOKEN_LIFETIME);
         self
     }
 }
@@ -231,7 +230,7 @@ impl<M> BesenderAuthLayer<M> {
     /// How refusals are recognized. Default: [`DefaultClassifier`](crate::DefaultClassifier).
     /// For a closure, [`classify_with`](Self::classify_with) spares annotating its arguments.
     pub fn classifier(mut self, classifier: impl ClassifyRefusal) -> Self {
-        self.classifier = Classifier::Custom(Arc::new(classifier));
+        self.settings.classifier = Classifier::Custom(Arc::new(classifier));
         self
     }
 
@@ -290,11 +289,7 @@ impl<S: Clone, M> Layer<S> for BesenderAuthLayer<M> {
             inner,
             Arc::new(Core {
                 cache: self.cache.clone(),
-                retry: self.retry,
-                max_replay_bytes: self.max_replay_bytes,
-                replay_wait: self.replay_wait,
-                retry_ready_wait: self.retry_ready_wait,
-                classifier: self.classifier.clone(),
+                settings: self.settings.clone(),
                 template,
             }),
         )
@@ -306,10 +301,10 @@ impl<M> fmt::Debug for BesenderAuthLayer<M> {
         f.debug_struct("BesenderAuthLayer")
             .field("mode", &mode_name::<M>())
             .field("cache", &self.cache)
-            .field("retry", &self.retry)
-            .field("max_replay_bytes", &self.max_replay_bytes)
-            .field("replay_wait", &self.replay_wait)
-            .field("retry_ready_wait", &self.retry_ready_wait)
+            .field("retry", &self.settings.retry)
+            .field("max_replay_bytes", &self.settings.max_replay_bytes)
+            .field("replay_wait", &self.settings.replay_wait)
+            .field("retry_ready_wait", &self.settings.retry_ready_wait)
             .finish_non_exhaustive()
     }
 }

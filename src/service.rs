@@ -204,12 +204,12 @@ where
             Ok(generation) => generation,
             Err(err) => return ResponseFuture::failed(err),
         };
-        if !self.core.retry {
+        if !self.core.settings.retry {
             let future = self.inner.call(request.map(ReplayBody::passthrough));
             return ResponseFuture::unretried(future, self.core.on_refusal(generation));
         }
         // The copy kept for the retry leaves `Authorization` out: the retry sets a fresh one.
-        let cap = self.core.max_replay_bytes;
+        let cap = self.core.settings.max_replay_bytes;
         let kept = match ReplayBody::fits(request.body(), cap) {
             true => KeptRequest::copy(&request),
             false => None,

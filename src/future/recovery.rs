@@ -124,7 +124,8 @@ where
                         Take::Held if may_wait => {
                             // The server answered before the first attempt finished sending.
                             let released = self.retry.replay.released();
-                            let wait = wait_released(released, self.retry.core.replay_wait);
+                            let wait =
+                                wait_released(released, self.retry.core.settings.replay_wait);
                             self.step = Step::Body {
                                 lease,
                                 wait: Some(Box::pin(wait)),
@@ -147,7 +148,7 @@ where
                             tracing::debug!(error = %err, "refused request not retried: the inner service is not ready");
                         }
                         Poll::Pending => {
-                            let wait = core.retry_ready_wait;
+                            let wait = core.settings.retry_ready_wait;
                             let deadline = deadline
                                 .get_or_insert_with(|| Deadline::new(Instant::now() + wait));
                             // Outside any runtime there is no timer: no wait.
