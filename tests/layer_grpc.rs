@@ -14,17 +14,13 @@ use std::{
 
 use besender_auth::{BesenderAuthLayer, ReplayBody};
 use common::{
-    grpc_echo::{EchoReply, EchoRequest, EchoServer},
+    grpc_echo::{echo, start_echo_server},
     source::TestSource,
 };
-use http::uri::PathAndQuery;
-use tokio::net::TcpListener;
 use tonic::{
     Code, Status,
-    service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint, Server, server::TcpIncoming},
+    transport::{Channel, Endpoint},
 };
-use tonic_prost::ProstCodec;
 use tower::ServiceBuilder;
 
 /// The server's view: which tokens it refuses, and how many calls reached the interceptor.
@@ -54,15 +50,7 @@ impl AuthState {
 }
 
 async fn start_server(auth: AuthState) -> String {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = InterceptedService::new(EchoServer, move |request| auth.check(request));
-    tokio::spawn(
-        Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    format!("http://{addr}")
+    start_echo_server(move |request| auth.check(request)).await
 }
 
 /// A tonic client through the layer. tonic's `Channel` takes its own body type: convert under
@@ -84,35 +72,6 @@ fn grpc_client(
         })
         .service(channel);
     tonic::client::Grpc::new(stack)
-}
-
-async fn echo<T>(client: &mut tonic::client::Grpc<T>, deny: bool) -> Result<String, Status>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<besender_auth::BoxError>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<besender_auth::BoxError> + Send,
-{
-    client
-        .ready()
-        .await
-        .map_err(|e| Status::unavailable(format!("not ready: {}", e.into())))?;
-    let mut request = tonic::Request::new(EchoRequest {
-        message: "hello".into(),
-    });
-    if deny {
-        request
-            .metadata_mut()
-            .insert("x-deny", "1".parse().unwrap());
-    }
-    let reply = client
-        .unary(
-            request,
-            PathAndQuery::from_static("/test.Echo/Echo"),
-            ProstCodec::<EchoRequest, EchoReply>::default(),
-        )
-        .await?;
-    Ok(reply.into_inner().message)
 }
 
 #[tokio::test]

@@ -41,18 +41,15 @@ use common::{
 use http::{
     HeaderValue, Request, Response, StatusCode,
     header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE},
-    uri::PathAndQuery,
 };
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use tokio::{net::TcpListener, sync::Notify, time::timeout};
+use tokio::{sync::Notify, time::timeout};
 use tonic::{
     Code, Status,
-    service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint, Server, server::TcpIncoming},
+    transport::{Channel, Endpoint},
 };
-use tonic_prost::ProstCodec;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, buffer::Buffer, limit::ConcurrencyLimit};
 
 const HOUR: Duration = Duration::from_secs(3600);

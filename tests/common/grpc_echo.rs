@@ -8,9 +8,13 @@ use std::{
     task::{Context, Poll},
 };
 
+use http::uri::PathAndQuery;
+use tokio::net::TcpListener;
 use tonic::{
     Status,
     server::{NamedService, UnaryService},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Server, server::TcpIncoming},
 };
 use tonic_prost::ProstCodec;
 use tower::Service;
@@ -67,4 +71,49 @@ impl Service<http::Request<tonic::body::Body>> for EchoServer {
             Ok(grpc.unary(Echo, request).await)
         })
     }
+}
+
+/// Calls `test.Echo/Echo` with "hello" (marked `x-deny` if `deny`), after `ready`.
+pub async fn echo<T>(client: &mut tonic::client::Grpc<T>, deny: bool) -> Result<String, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<besender_auth::BoxError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<besender_auth::BoxError> + Send,
+{
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("not ready: {}", e.into())))?;
+    let mut request = tonic::Request::new(EchoRequest {
+        message: "hello".into(),
+    });
+    if deny {
+        request
+            .metadata_mut()
+            .insert("x-deny", "1".parse().unwrap());
+    }
+    let reply = client
+        .unary(
+            request,
+            PathAndQuery::from_static("/test.Echo/Echo"),
+            ProstCodec::<EchoRequest, EchoReply>::default(),
+        )
+        .await?;
+    Ok(reply.into_inner().message)
+}
+
+/// Serves `EchoServer` behind `check` (the server's interceptor) on 127.0.0.1; its URL.
+pub async fn start_echo_server<I>(check: I) -> String
+where
+    I: Interceptor + Clone + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(InterceptedService::new(EchoServer, check))
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    format!("http://{addr}")
 }

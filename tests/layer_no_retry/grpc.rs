@@ -1,7 +1,7 @@
 //! gRPC: a tonic `Channel` under the layer as it is, with no body conversion.
 
 use super::*;
-use crate::common::grpc_echo::{EchoReply, EchoRequest, EchoServer};
+use crate::common::grpc_echo::{self, start_echo_server};
 
 /// The server's interceptor: records the token of every call, denies calls marked `x-deny`
 /// (`PERMISSION_DENIED`), refuses revoked tokens (`UNAUTHENTICATED`).
@@ -36,45 +36,17 @@ impl AuthState {
 }
 
 async fn start_grpc_server(auth: AuthState) -> String {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = InterceptedService::new(EchoServer, move |request| auth.check(request));
-    tokio::spawn(
-        Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    format!("http://{addr}")
+    start_echo_server(move |request| auth.check(request)).await
 }
 
 /// The point of the mode: the `Channel` itself under the layer, no `map_request`.
 type GrpcStack = BesenderAuth<Channel, NoRetry>;
 
+/// `echo`, bounded against hangs.
 async fn echo(client: &mut tonic::client::Grpc<GrpcStack>, deny: bool) -> Result<String, Status> {
-    timeout(HANG, async {
-        client
-            .ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("not ready: {e}")))?;
-        let mut request = tonic::Request::new(EchoRequest {
-            message: "hello".into(),
-        });
-        if deny {
-            request
-                .metadata_mut()
-                .insert("x-deny", "1".parse().unwrap());
-        }
-        let reply = client
-            .unary(
-                request,
-                PathAndQuery::from_static("/test.Echo/Echo"),
-                ProstCodec::<EchoRequest, EchoReply>::default(),
-            )
-            .await?;
-        Ok(reply.into_inner().message)
-    })
-    .await
-    .expect("the call hung")
+    timeout(HANG, grpc_echo::echo(client, deny))
+        .await
+        .expect("the call hung")
 }
 
 #[tokio::test]
