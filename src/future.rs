@@ -99,6 +99,20 @@ impl OnRefusal {
         }
         refused
     }
+
+    /// The outcome of a request that will not be retried: a response is checked in place (a
+    /// refusal invalidates its token), so it is moved once on its way out; an error is the
+    /// inner service's.
+    #[inline]
+    fn settle<B, E: Into<BoxError>>(
+        &self,
+        result: Result<Response<B>, E>,
+    ) -> Result<Response<B>, Error> {
+        if let Ok(response) = &result {
+            self.check(response);
+        }
+        result.map_err(Error::inner)
+    }
 }
 
 /// What a retry needs, kept from `call`: four words, as the head and the body live behind the
@@ -164,12 +178,7 @@ where
                     return Poll::Ready(Err(error.take().expect("polled after completion")));
                 }
                 StateProj::Unretried { future, refusal } => {
-                    // Checked in place, so the response is moved once on its way out.
-                    let result = ready!(future.poll(cx));
-                    if let Ok(response) = &result {
-                        refusal.check(response);
-                    }
-                    return Poll::Ready(result.map_err(Error::inner));
+                    return Poll::Ready(refusal.settle(ready!(future.poll(cx))));
                 }
                 StateProj::First { future, retry } => {
                     let response = ready!(future.poll(cx)).map_err(Error::inner)?;

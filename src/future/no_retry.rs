@@ -60,11 +60,7 @@ where
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
             StateProj::Sent { future, refusal } => {
-                let result = ready!(future.poll(cx));
-                if let Ok(response) = &result {
-                    refusal.check(response);
-                }
-                Poll::Ready(result.map_err(Error::inner))
+                Poll::Ready(refusal.settle(ready!(future.poll(cx))))
             }
         }
     }
